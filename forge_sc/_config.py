@@ -1,0 +1,113 @@
+"""ServiceConfig: the validated, frozen configuration of one service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = ["ServiceConfig", "config_field_names"]
+
+
+def _int_at_least(low: int, *, optional: bool = False) -> Any:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            extra = " or None" if optional else ""
+            raise ValueError(
+                f"ServiceConfig.{attr.name} must be an int >= {low}{extra}, got {value!r}"
+            )
+
+    return check
+
+
+def _number(*, positive: bool, optional: bool = False) -> Any:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        if ok and (value > 0 if positive else value >= 0) and value != float("inf"):
+            return
+        what = "a number > 0" if positive else "a number >= 0"
+        extra = " or None" if optional else ""
+        raise ValueError(f"ServiceConfig.{attr.name} must be {what}{extra}, got {value!r}")
+
+    return check
+
+
+def _boolean(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"ServiceConfig.{attr.name} must be True or False, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ServiceConfig:
+    """How a service runs its replicas. Every field is validated at construction; a
+    bad value raises ``ValueError`` naming the field and the accepted range.
+
+    ``health_poll_rate`` keeps TorchForge's name but is a period in seconds.
+    Autoscaling is on when ``max_replicas`` is set: the service then keeps between
+    ``min_replicas`` (default: ``num_replicas``) and ``max_replicas`` replicas, aiming
+    at ``target_ongoing_requests`` requests per replica, and waits ``upscale_delay`` /
+    ``downscale_delay`` seconds of sustained demand before it scales.
+    """
+
+    num_replicas: int = attrs.field(default=1, validator=_int_at_least(1))
+    procs: int = attrs.field(default=1, validator=_int_at_least(1))
+    hosts: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    with_gpus: bool = attrs.field(default=False, validator=_boolean)
+    health_poll_rate: float = attrs.field(default=0.2, validator=_number(positive=True))
+    replica_max_concurrent_requests: int = attrs.field(default=10, validator=_int_at_least(1))
+    return_first_rank_result: bool = attrs.field(default=True, validator=_boolean)
+    health_timeout: float = attrs.field(default=1.0, validator=_number(positive=True))
+    max_queued_requests: int | None = attrs.field(
+        default=None, validator=_int_at_least(0, optional=True)
+    )
+    request_timeout: float | None = attrs.field(
+        default=None, validator=_number(positive=True, optional=True)
+    )
+    max_attempts: int = attrs.field(default=3, validator=_int_at_least(1))
+    max_restarts: int = attrs.field(default=5, validator=_int_at_least(0))
+    restart_window: float = attrs.field(default=60.0, validator=_number(positive=True))
+    restart_backoff: float = attrs.field(default=0.1, validator=_number(positive=False))
+    graceful_shutdown_timeout: float = attrs.field(default=10.0, validator=_number(positive=False))
+    min_replicas: int | None = attrs.field(default=None, validator=_int_at_least(0, optional=True))
+    max_replicas: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    target_ongoing_requests: float = attrs.field(default=2.0, validator=_number(positive=True))
+    upscale_delay: float = attrs.field(default=30.0, validator=_number(positive=False))
+    downscale_delay: float = attrs.field(default=600.0, validator=_number(positive=False))
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_replicas is not None and self.max_replicas is None:
+            raise ValueError(
+                "ServiceConfig.min_replicas needs max_replicas: autoscaling is on only "
+                "when max_replicas is set"
+            )
+        if self.max_replicas is not None:
+            low = self.effective_min_replicas
+            if low > self.max_replicas:
+                raise ValueError(
+                    f"ServiceConfig.min_replicas ({low}) must be <= max_replicas "
+                    f"({self.max_replicas})"
+                )
+            if not low <= self.num_replicas <= self.max_replicas:
+                raise ValueError(
+                    f"ServiceConfig.num_replicas ({self.num_replicas}) must lie between "
+                    f"min_replicas ({low}) and max_replicas ({self.max_replicas})"
+                )
+
+    @property
+    def autoscaling(self) -> bool:
+        """Whether the service runs an autoscaler (``max_replicas`` is set)."""
+        return self.max_replicas is not None
+
+    @property
+    def effective_min_replicas(self) -> int:
+        """The autoscaler's floor: ``min_replicas``, or ``num_replicas`` when unset."""
+        return self.num_replicas if self.min_replicas is None else self.min_replicas
+
+
+def config_field_names() -> frozenset[str]:
+    """The names of every ServiceConfig field (the config keywords of open_service)."""
+    return frozenset(a.name for a in attrs.fields(ServiceConfig))

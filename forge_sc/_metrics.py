@@ -1,0 +1,115 @@
+"""Time-windowed request metrics: O(1) per request, never sample-capped.
+
+Rates count completions in 1-second slots over the last 60 s; latency percentiles come
+from log-spaced histograms (5% wide buckets) kept in 10-second slots over the same
+window. Memory is fixed however many requests pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+__all__ = ["WINDOW", "Recorder", "clock"]
+
+WINDOW = 60.0
+_RATE_SLOTS = 60  # 1 s each
+_HIST_SLOT = 10.0
+_HIST_SLOTS = 6
+_K = 1.0 / math.log(1.05)
+_MIN_LATENCY = 1e-7
+
+clock = time.perf_counter
+
+
+class Recorder:
+    """Counts and latency of the requests that completed on one replica (or that the
+    service itself failed before they reached one)."""
+
+    __slots__ = (
+        "_hist",
+        "_hist_ids",
+        "_lat",
+        "_rate",
+        "_rate_ids",
+        "failed",
+        "latency_sum",
+        "successful",
+    )
+
+    def __init__(self) -> None:
+        self.successful = 0
+        self.failed = 0
+        self.latency_sum = 0.0
+        self._rate = [0] * _RATE_SLOTS
+        self._rate_ids = [-1] * _RATE_SLOTS
+        self._hist: list[dict[int, int]] = [{} for _ in range(_HIST_SLOTS)]
+        self._hist_ids = [-1] * _HIST_SLOTS
+        self._lat = [[0, 0.0] for _ in range(_HIST_SLOTS)]  # count, sum per hist slot
+
+    @property
+    def total(self) -> int:
+        return self.successful + self.failed
+
+    def record(self, now: float, latency: float, ok: bool) -> None:
+        if ok:
+            self.successful += 1
+        else:
+            self.failed += 1
+        self.latency_sum += latency
+        sec = int(now)
+        i = sec % _RATE_SLOTS
+        if self._rate_ids[i] != sec:
+            self._rate_ids[i] = sec
+            self._rate[i] = 0
+        self._rate[i] += 1
+        slot = int(now / _HIST_SLOT)
+        j = slot % _HIST_SLOTS
+        if self._hist_ids[j] != slot:
+            self._hist_ids[j] = slot
+            self._hist[j] = {}
+            self._lat[j] = [0, 0.0]
+        b = int(math.log(latency if latency > _MIN_LATENCY else _MIN_LATENCY) * _K)
+        h = self._hist[j]
+        h[b] = h.get(b, 0) + 1
+        lat = self._lat[j]
+        lat[0] += 1
+        lat[1] += latency
+
+    def completed_in_window(self, now: float) -> int:
+        """Completions in the last 60 s (whole 1 s slots)."""
+        low = int(now) - _RATE_SLOTS
+        return sum(c for c, s in zip(self._rate, self._rate_ids, strict=True) if s > low)
+
+    def window_histogram(self, now: float, into: dict[int, int]) -> tuple[int, float]:
+        """Add this recorder's latency buckets of the last 60 s into ``into``;
+        return (count, latency sum) of that window."""
+        low = int(now / _HIST_SLOT) - _HIST_SLOTS
+        n, total = 0, 0.0
+        for h, s, lat in zip(self._hist, self._hist_ids, self._lat, strict=True):
+            if s > low:
+                for b, c in h.items():
+                    into[b] = into.get(b, 0) + c
+                n += int(lat[0])
+                total += lat[1]
+        return n, total
+
+
+def percentile(hist: dict[int, int], q: float) -> float:
+    """The ``q`` quantile (0..1) of a merged histogram, 0.0 when empty."""
+    n = sum(hist.values())
+    if n == 0:
+        return 0.0
+    rank = q * (n - 1)
+    seen = 0
+    for b in sorted(hist):
+        seen += hist[b]
+        if seen > rank:
+            return math.exp((b + 0.5) / _K)
+    return math.exp((max(hist) + 0.5) / _K)  # pragma: no cover - unreachable
+
+
+def rate(completed: int, now: float, started: float) -> float:
+    """Requests per second: completions in the window over min(60 s, uptime)."""
+    span = min(WINDOW, max(now - started, 1e-9))
+    return completed / span

@@ -1,0 +1,206 @@
+"""The batcher of one endpoint: merges concurrent stateless calls into batches.
+
+Callers wait in their own tasks; the batcher task (owned by the service) forms a
+batch when ``batch_size`` items wait or ``batch_timeout`` after the first one, and
+sends each batch from a task of its own task group, so several batches can be in
+flight (bounded by replica capacity, since a batch is one request on the usual
+request path: router, queue, retry on replica death, ``idempotent`` honoured).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import BatchResultError, ServiceClosedError
+from ..service._endpoints import EndpointSpec
+from ..service._stats import BatcherStatistics
+
+if TYPE_CHECKING:
+    from ..routing import Router
+    from ..service._service import Service
+
+__all__ = ["Batcher", "merge_one", "split_one"]
+
+_PENDING, _TAKEN, _SENT = 0, 1, 2
+
+
+class _Item:
+    __slots__ = ("args", "cancelled", "done", "error", "kwargs", "result", "state", "t")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.t = t
+        self.state = _PENDING
+        self.cancelled = False
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def shape(self) -> tuple[int, tuple[str, ...]]:
+        return len(self.args), tuple(sorted(self.kwargs))
+
+
+def merge_one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """One call's arguments as a batch of one."""
+    return tuple([a] for a in args), {k: [v] for k, v in kwargs.items()}
+
+
+def split_one(spec: EndpointSpec, result: Any) -> Any:
+    """The single result of a batch of one."""
+    _check_length(spec, result, 1)
+    return result[0]
+
+
+def _check_length(spec: EndpointSpec, result: Any, n: int) -> None:
+    if not isinstance(result, list | tuple) or len(result) != n:
+        got = f"a {type(result).__name__} of length {len(result)}" if isinstance(
+            result, list | tuple
+        ) else repr(type(result).__name__)
+        raise BatchResultError(
+            f"batched endpoint {spec.name!r} returned {got} for a batch of {n} calls; "
+            f"it must return a list with exactly one result per call, in order"
+        )
+
+
+class Batcher:
+    """Batches the stateless calls of one endpoint of one service."""
+
+    def __init__(self, svc: Service, spec: EndpointSpec, router: Router) -> None:
+        self._svc = svc
+        self._spec = spec
+        self._router = router
+        self._size = spec.batch_size
+        self._timeout = spec.batch_timeout
+        self._pending: deque[_Item] = deque()
+        self._wake = anyio.Event()
+        self._batches = 0
+        self._items = 0
+        self._max = 0
+        self._by_size = 0
+        self._by_timeout = 0
+
+    def statistics(self) -> BatcherStatistics:
+        return BatcherStatistics(
+            endpoint=self._spec.name,
+            batch_size=self._size,
+            batches_sent=self._batches,
+            items_sent=self._items,
+            mean_batch_size=self._items / self._batches if self._batches else 0.0,
+            max_batch_size=self._max,
+            flushes_by_size=self._by_size,
+            flushes_by_timeout=self._by_timeout,
+            pending=len(self._pending),
+        )
+
+    async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Add one call to the next batch and wait for its own result."""
+        svc = self._svc
+        item = _Item(args, kwargs, anyio.current_time())
+        svc._inflight += 1
+        try:
+            pending = self._pending
+            pending.append(item)
+            if len(pending) == 1 or len(pending) >= self._size:
+                self._wake.set()
+            try:
+                await item.done.wait()
+            except BaseException:
+                if item.state == _PENDING:
+                    pending.remove(item)  # leaves the batch before it is sent
+                item.cancelled = True
+                raise
+            if item.error is not None:
+                raise item.error
+            return item.result
+        finally:
+            svc._inflight -= 1
+            if svc._closing and svc._inflight == 0:
+                svc._drained.set()
+
+    async def run(self) -> None:
+        """The batcher task: form batches, send each from its own task."""
+        async with anyio.create_task_group() as tg:
+            try:
+                while True:
+                    await self._wait_for_batch()
+                    batch = self._take()
+                    if batch:
+                        tg.start_soon(self._send, batch)
+            finally:
+                # The service is stopping: whoever still waits gets a clear error.
+                for item in self._pending:
+                    item.error = ServiceClosedError(
+                        f"{self._spec.name}: the service closed before this call was batched"
+                    )
+                    item.done.set()
+                self._pending.clear()
+
+    async def _wait_for_batch(self) -> None:
+        pending = self._pending
+        while not pending:
+            self._wake = anyio.Event()
+            await self._wake.wait()
+        if len(pending) >= self._size:
+            self._by_size += 1
+            return
+        with anyio.move_on_at(pending[0].t + self._timeout):
+            while len(pending) < self._size:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                if not pending:  # every caller left
+                    return
+            self._by_size += 1
+            return
+        self._by_timeout += 1
+
+    def _take(self) -> list[_Item]:
+        pending = self._pending
+        if not pending:
+            return []
+        shape = pending[0].shape()
+        batch: list[_Item] = []
+        keep: list[_Item] = []
+        while pending and len(batch) < self._size:
+            item = pending.popleft()
+            (batch if item.shape() == shape else keep).append(item)
+        pending.extendleft(reversed(keep))
+        for item in batch:
+            item.state = _TAKEN
+        return batch
+
+    async def _send(self, batch: list[_Item]) -> None:
+        items = [i for i in batch if not i.cancelled]
+        if not items:
+            return
+        for item in items:
+            item.state = _SENT
+        n = len(items)
+        self._batches += 1
+        self._items += n
+        self._max = max(self._max, n)
+        nargs = len(items[0].args)
+        bargs = tuple([i.args[p] for i in items] for p in range(nargs))
+        bkwargs = {k: [i.kwargs[k] for i in items] for k in items[0].kwargs}
+        try:
+            result = await self._svc._request(self._spec, self._router, bargs, bkwargs, None)
+            _check_length(self._spec, result, n)
+        except anyio.get_cancelled_exc_class():
+            err: BaseException = ServiceClosedError(
+                f"{self._spec.name}: the service closed while this batch was running"
+            )
+            for item in items:
+                item.error = err
+                item.done.set()
+            raise
+        except Exception as exc:
+            for item in items:
+                item.error = exc
+                item.done.set()
+            return
+        for item, value in zip(items, result, strict=True):
+            item.result = value
+            item.done.set()

@@ -1,0 +1,93 @@
+"""Typed errors of forge_sc.
+
+Every request ends in exactly one way: its result, the endpoint's own exception
+(re-raised with its original type), or one of the exceptions below. Each message
+says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+__all__ = [
+    "BatchResultError",
+    "FanoutError",
+    "NoHealthyReplicasError",
+    "ReplicaDiedError",
+    "ServiceClosedError",
+    "ServiceError",
+    "ServiceFailedError",
+    "ServiceOverloadedError",
+]
+
+
+class ServiceError(Exception):
+    """Base class of every error raised by a forge_sc service."""
+
+
+class NoHealthyReplicasError(ServiceError):
+    """No replica could take the request: none was healthy within ``request_timeout``,
+    or every replica is out of its restart budget."""
+
+
+class ServiceClosedError(ServiceError):
+    """The service is closing or closed; it accepts no new requests, and requests
+    still running when ``graceful_shutdown_timeout`` ran out were cancelled."""
+
+
+class ReplicaDiedError(ServiceError):
+    """The replica running the request died and the request could not be re-sent:
+    ``max_attempts`` sends were used up, or the endpoint is ``idempotent=False``."""
+
+
+class ServiceOverloadedError(ServiceError):
+    """Every healthy replica was at ``replica_max_concurrent_requests`` for longer than
+    ``request_timeout``, or the service queue reached ``max_queued_requests``."""
+
+
+class ServiceFailedError(ServiceError):
+    """The service gave up: a replica could not be started while the service was
+    starting, or every replica used up its restart budget. The cause is chained."""
+
+
+class BatchResultError(ServiceError, ValueError):
+    """A batched endpoint returned something other than a list with one result per
+    merged call; every caller of that batch gets this error."""
+
+
+class FanoutError(ExceptionGroup[Exception], ServiceError):  # type: ignore[misc]
+    """A fan-out where at least one replica's endpoint raised.
+
+    It is an ``ExceptionGroup`` of the per-replica exceptions (so ``except*`` works);
+    ``errors`` maps replica index to its exception and ``results`` maps replica index
+    to the value of every replica that succeeded.
+    """
+
+    errors: dict[int, Exception]
+    results: dict[int, Any]
+
+    def __new__(
+        cls,
+        message: str,
+        exceptions: Sequence[Exception],
+        results: Mapping[int, Any] | None = None,
+        errors: Mapping[int, Exception] | None = None,
+    ) -> Self:
+        self = super().__new__(cls, message, exceptions)
+        self.results = dict(results or {})
+        self.errors = dict(errors or {})
+        return self
+
+    def __init__(
+        self,
+        message: str,
+        exceptions: Sequence[Exception],
+        results: Mapping[int, Any] | None = None,
+        errors: Mapping[int, Exception] | None = None,
+    ) -> None:
+        super().__init__(message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> FanoutError:  # type: ignore[override]
+        kept = {i: e for i, e in self.errors.items() if e in excs}
+        return FanoutError(self.message, excs, self.results, kept)

@@ -1,0 +1,105 @@
+"""The mesh protocol: spawn one replica, call it, probe it, stop it.
+
+The service core never imports a runtime; it speaks this small async protocol.
+Contract every backend keeps (the core relies on each point):
+
+* ``spawn`` returns only once the actor is constructed and can answer; if the
+  constructor raises or the actor's module cannot be imported, ``spawn`` raises that
+  error (or an exception whose message says why) and leaves nothing running.
+* ``call`` runs in the caller's task. It returns the endpoint's result, re-raises the
+  endpoint's own exception (original type), or raises :class:`ReplicaGone` when the
+  replica is dead or stopped. After the replica dies or ``stop()`` is called, every
+  in-flight ``call`` raises ``ReplicaGone`` promptly: this is how the core interrupts
+  the calls registered with a dying incarnation, without paying for a cancel scope
+  per request.
+* If the caller is cancelled during ``call`` and the backend cannot abort the remote
+  work (``detaches_on_cancel``), the call is abandoned: the backend invokes the
+  ``on_abandoned_settled`` callback of the :class:`SpawnSpec`, on the event loop
+  thread, when that remote work finally resolves, so the core can count the replica
+  busy until then.
+* ``ping`` answers quickly while the replica is alive even if its actor is busy; the
+  core bounds it with ``health_timeout``.
+* ``wait_dead`` returns (with the reason) as soon as the backend learns that the
+  replica died; it never returns for a healthy replica.
+* ``stop`` is idempotent, safe to call on a half-built or dead replica, and is called
+  by the core inside a shielded scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+__all__ = ["Mesh", "MeshReplica", "ReplicaGone", "SpawnSpec"]
+
+
+class ReplicaGone(Exception):
+    """Raised by a backend's ``call`` or ``ping`` when the replica's process is dead,
+    unreachable, or stopped. Internal to forge_sc: the core turns it into a retry, a
+    migration, or a :class:`~forge_sc.errors.ReplicaDiedError`."""
+
+
+def _noop() -> None:
+    return None
+
+
+@attrs.frozen
+class SpawnSpec:
+    """Everything a backend needs to start one replica."""
+
+    idx: int
+    actor_cls: type[Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+    procs: int = 1
+    hosts: int | None = None
+    with_gpus: bool = False
+    return_first_rank_result: bool = True
+    #: Called (on the event loop thread) when a call abandoned by a cancelled caller
+    #: finally resolves on the replica. Only backends that detach on cancel call it.
+    on_abandoned_settled: Callable[[], None] = _noop
+
+
+@runtime_checkable
+class MeshReplica(Protocol):
+    """One running incarnation of a replica."""
+
+    #: True when a cancelled caller leaves the remote call running (Monarch); False
+    #: when cancelling the caller cancels the endpoint itself (FakeMesh).
+    detaches_on_cancel: bool
+
+    async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``endpoint`` on this replica and return its result (the first rank's,
+        or a list per rank when ``return_first_rank_result`` is false)."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the replica's process is alive; raise ``ReplicaGone`` if not."""
+        ...
+
+    async def wait_dead(self) -> BaseException:
+        """Return the reason as soon as the backend learns the replica died."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop the replica and its processes; idempotent; in-flight calls then raise
+        ``ReplicaGone``."""
+        ...
+
+
+@runtime_checkable
+class Mesh(Protocol):
+    """A backend that spawns replicas."""
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]:
+        """Entered by the service before the first spawn and left after the last
+        replica stopped: backend-wide resources (a runtime bridge, a fault hook) live
+        exactly this long."""
+        ...
+
+    async def spawn(self, spec: SpawnSpec) -> MeshReplica:
+        """Start one replica; see the module docstring for the contract."""
+        ...

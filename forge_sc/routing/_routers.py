@@ -1,0 +1,182 @@
+"""The built-in routers and the Router protocol.
+
+A router is asked for one replica out of ``healthy_replicas``: the healthy replicas
+that can take a request now, in replica-index order, never empty. It returns one of
+them. Routers are synchronous (they run on the request's hot path) and never mutate
+what they are given: the service, not the router, records session assignments.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..replica import Replica
+
+__all__ = [
+    "LeastLoadedRouter",
+    "PowerOfTwoRouter",
+    "RoundRobinRouter",
+    "Router",
+    "RouterFactory",
+    "SessionRouter",
+    "make_router_factory",
+]
+
+
+class Router:
+    """Base class of routers. Subclass it and implement :meth:`get_replica`."""
+
+    def get_replica(
+        self,
+        healthy_replicas: Sequence[Replica],
+        sess_id: str | None = None,
+        session_map: Mapping[str, int] | None = None,
+    ) -> Replica:
+        """Return one replica of ``healthy_replicas`` (never empty).
+
+        ``sess_id`` and ``session_map`` (session id to replica index, read-only) are
+        given when the request belongs to a session.
+        """
+        raise NotImplementedError
+
+
+RouterFactory = Callable[[], Router]
+
+
+class RoundRobinRouter(Router):
+    """Each request goes to the next replica in turn."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def get_replica(
+        self,
+        healthy_replicas: Sequence[Replica],
+        sess_id: str | None = None,
+        session_map: Mapping[str, int] | None = None,
+    ) -> Replica:
+        n = len(healthy_replicas)
+        i = self._next
+        if i >= n:
+            i = 0
+        self._next = i + 1
+        return healthy_replicas[i]
+
+
+class LeastLoadedRouter(Router):
+    """The replica with the fewest requests in flight; ties go to the lowest index."""
+
+    __slots__ = ()
+
+    def get_replica(
+        self,
+        healthy_replicas: Sequence[Replica],
+        sess_id: str | None = None,
+        session_map: Mapping[str, int] | None = None,
+    ) -> Replica:
+        best = healthy_replicas[0]
+        best_load = best.current_load
+        for r in healthy_replicas:
+            load = r.current_load
+            if load < best_load:
+                best, best_load = r, load
+        return best
+
+
+class PowerOfTwoRouter(Router):
+    """Two replicas drawn at random; the less loaded one wins. Seedable."""
+
+    __slots__ = ("_rng",)
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+
+    def get_replica(
+        self,
+        healthy_replicas: Sequence[Replica],
+        sess_id: str | None = None,
+        session_map: Mapping[str, int] | None = None,
+    ) -> Replica:
+        n = len(healthy_replicas)
+        if n == 1:
+            return healthy_replicas[0]
+        a, b = self._rng.sample(range(n), 2)
+        ra, rb = healthy_replicas[a], healthy_replicas[b]
+        return ra if ra.current_load <= rb.current_load else rb
+
+
+class SessionRouter(Router):
+    """Sticky: a session's requests go to the replica recorded for it in
+    ``session_map`` while that replica is among ``healthy_replicas``; otherwise (and
+    for requests without a session) ``fallback_router`` chooses."""
+
+    __slots__ = ("fallback_router",)
+
+    def __init__(self, fallback_router: Router | None = None) -> None:
+        if fallback_router is None:
+            fallback_router = LeastLoadedRouter()
+        if not isinstance(fallback_router, Router):
+            raise TypeError(
+                f"SessionRouter(fallback_router=...) needs a Router instance, "
+                f"got {fallback_router!r}"
+            )
+        self.fallback_router = fallback_router
+
+    def get_replica(
+        self,
+        healthy_replicas: Sequence[Replica],
+        sess_id: str | None = None,
+        session_map: Mapping[str, int] | None = None,
+    ) -> Replica:
+        if sess_id is not None and session_map is not None:
+            idx = session_map.get(sess_id)
+            if idx is not None:
+                for r in healthy_replicas:
+                    if r.idx == idx:
+                        return r
+        return self.fallback_router.get_replica(healthy_replicas, None, None)
+
+
+def make_router_factory(router: Any, *, where: str) -> RouterFactory:
+    """Turn what a user passed as ``router=`` into a zero-argument factory.
+
+    Accepts a :class:`Router` subclass or a zero-argument callable returning a Router
+    (so no router instance is shared between endpoints). A Router *instance* is
+    rejected: it would carry state across endpoints and services.
+    """
+    if isinstance(router, type):
+        if not issubclass(router, Router):
+            raise TypeError(
+                f"{where}: router={router.__name__} is not a subclass of forge_sc.Router; "
+                "pass a Router class or a zero-argument factory returning a Router"
+            )
+        return router
+    if isinstance(router, Router):
+        raise TypeError(
+            f"{where}: router= got a Router instance ({router!r}); pass the class or a "
+            "zero-argument factory (e.g. lambda: SessionRouter(LeastLoadedRouter())) so "
+            "that no router instance is shared"
+        )
+    if callable(router):
+        return _checked_factory(router, where)
+    raise TypeError(
+        f"{where}: router= must be a Router class or a zero-argument factory, got {router!r}"
+    )
+
+
+def _checked_factory(factory: Callable[[], Any], where: str) -> RouterFactory:
+    def make() -> Router:
+        made = factory()
+        if not isinstance(made, Router):
+            raise TypeError(
+                f"{where}: the router factory returned {made!r}, which is not a "
+                "forge_sc.Router"
+            )
+        return made
+
+    return make

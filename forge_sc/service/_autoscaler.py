@@ -1,0 +1,42 @@
+"""The autoscaler task: keeps ongoing requests per replica near the target."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from ._service import Service
+
+__all__ = ["autoscale", "desired_replicas"]
+
+
+def desired_replicas(ongoing: int, target: float, low: int, high: int) -> int:
+    """Replicas needed for ``ongoing`` requests at ``target`` each, within bounds."""
+    return max(low, min(high, math.ceil(ongoing / target)))
+
+
+async def autoscale(svc: Service) -> None:
+    """Sample the load every ``health_poll_rate`` s; scale when the desired count has
+    differed from the current one for ``upscale_delay`` / ``downscale_delay`` s."""
+    config = svc._config
+    assert config.max_replicas is not None
+    low, high = config.effective_min_replicas, config.max_replicas
+    since: float | None = None
+    direction = 0
+    while not svc._closing:
+        await anyio.sleep(config.health_poll_rate)
+        current = len(svc._replicas)
+        want = desired_replicas(svc._inflight, config.target_ongoing_requests, low, high)
+        step = (want > current) - (want < current)
+        now = anyio.current_time()
+        if step != direction:
+            direction, since = step, now
+        if step == 0 or since is None:
+            continue
+        delay = config.upscale_delay if step > 0 else config.downscale_delay
+        if now - since >= delay:
+            await svc.scale_to(want)
+            direction, since = 0, None

@@ -1,0 +1,106 @@
+"""ServiceEndpoint: ``svc.<endpoint>`` with ``route()`` and ``fanout()``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._context import CURRENT_SESSIONS
+from ._endpoints import EndpointSpec
+
+if TYPE_CHECKING:
+    from ._service import Service
+
+__all__ = ["ServiceEndpoint"]
+
+_NOT_ON_SERVICE = (
+    "You tried to use {verb}() on a service, not an actor. "
+    "Services only support route() and fanout()."
+)
+
+
+class ServiceEndpoint:
+    """One endpoint of a service. ``route`` sends to one replica chosen by the
+    endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
+
+    __slots__ = ("_batcher", "_spec", "_svc", "router")
+
+    def __init__(self, svc: Service, spec: EndpointSpec) -> None:
+        self._svc = svc
+        self._spec = spec
+        self.router = spec.router()
+        self._batcher: Any = None
+
+    def __repr__(self) -> str:
+        return f"<ServiceEndpoint {self._spec.name}>"
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    async def route(self, *args: Any, sess_id: str | None = None, **kwargs: Any) -> Any:
+        """Run the endpoint on one replica and return its result.
+
+        Inside ``async with svc.session()`` (or with ``sess_id=``) the request goes
+        to the session's replica. Raises the endpoint's own exception, or a
+        :mod:`forge_sc.errors` exception (see the semantics table in the docs).
+        """
+        svc = self._svc
+        if svc._closing or svc._failed:
+            svc._check_open()
+        if sess_id is None:
+            current = CURRENT_SESSIONS.get(None)
+            if current is not None:
+                sess_id = current.get(svc)
+        spec = self._spec
+        if spec.batch_size > 1:
+            if sess_id is None:
+                batcher = self._batcher
+                if batcher is None:
+                    batcher = self._batcher = svc._batchers[spec.name]
+                return await batcher.submit(args, kwargs)
+            return await _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
+        return await svc._request(spec, self.router, args, kwargs, sess_id)
+
+    async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Run the endpoint on every replica healthy now, concurrently; return the
+        results in replica-index order. Raises ``FanoutError`` if any raised."""
+        spec = self._spec
+        if spec.batch_size > 1:
+            from ..batching import merge_one, split_one
+
+            results = await self._svc._fanout(spec, *merge_one(args, kwargs))
+            return [split_one(spec, r) for r in results]
+        return await self._svc._fanout(spec, args, kwargs)
+
+    def _unsupported(self, verb: str) -> NoReturn:
+        raise NotImplementedError(_NOT_ON_SERVICE.format(verb=verb))
+
+    def call(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unsupported("call")
+
+    def call_one(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unsupported("call_one")
+
+    def choose(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unsupported("choose")
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unsupported("broadcast")
+
+    def generate(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unsupported("generate")
+
+
+async def _batch_of_one(
+    svc: Service,
+    spec: EndpointSpec,
+    router: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    sess_id: str,
+) -> Any:
+    """A call in a session is never merged: it goes alone, as a batch of one."""
+    from ..batching import merge_one, split_one
+
+    bargs, bkwargs = merge_one(args, kwargs)
+    return split_one(spec, await svc._request(spec, router, bargs, bkwargs, sess_id))

@@ -1,0 +1,85 @@
+"""ServiceScope: the async context manager behind ``open_service``.
+
+It owns the service's task group. The body of ``async with`` runs inside that task
+group's cancel scope, so escalation (every replica out of restart budget) cancels
+the body; leaving the block closes the service gracefully and waits for every task.
+Errors come out bare when there is only one (the body's ``KeyError`` stays a
+``KeyError``); several unrelated ones come out as an ExceptionGroup.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._service import Service
+
+__all__ = ["ServiceScope", "single_exception"]
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for e in exc.exceptions:
+            out.extend(_leaves(e))
+        return out
+    return [exc]
+
+
+def single_exception(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    """The only non-cancellation exception inside ``group``, if there is exactly one."""
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves = [e for e in _leaves(group) if not isinstance(e, cancelled)]
+    return leaves[0] if len(leaves) == 1 else None
+
+
+class ServiceScope:
+    """``async with open_service(...) as svc`` (use :func:`forge_sc.open_service`)."""
+
+    def __init__(self, svc: Service) -> None:
+        self._svc = svc
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Service:
+        if self._tg is not None:
+            raise RuntimeError("an open_service() scope can be entered only once")
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(self._svc.run)
+            await self._svc.wait_started()
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await self._exit(type(exc), exc, exc.__traceback__)
+            raise
+        return self._svc
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return await self._exit(exc_type, exc, tb)
+
+    async def _exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._tg is not None
+        with anyio.CancelScope(shield=True):
+            await self._svc._close()
+        try:
+            return bool(await self._tg.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as group:
+            single = single_exception(group)
+            if single is None:
+                raise
+            if single is exc:
+                return False  # the body's own exception, re-raised as it was
+            raise single from single.__cause__

@@ -1,0 +1,125 @@
+"""Frozen metric snapshots: ``Service.statistics()`` / ``get_metrics()``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ..replica import ReplicaState
+
+__all__ = ["BatcherStatistics", "ReplicaMetrics", "ServiceMetrics"]
+
+
+@attrs.frozen
+class ReplicaMetrics:
+    """One replica at the moment of the snapshot. Rates and latencies cover the last
+    60 s (rate: completions over min(60 s, service uptime))."""
+
+    idx: int
+    state: ReplicaState
+    healthy: bool
+    restarts: int
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    request_rate: float
+    avg_latency: float
+    p50_latency: float
+    p99_latency: float
+    active_requests: int
+    queue_depth: int
+    assigned_sessions: int
+    capacity_utilization: float
+
+
+@attrs.frozen
+class BatcherStatistics:
+    """One batched endpoint's batcher."""
+
+    endpoint: str
+    batch_size: int
+    batches_sent: int
+    items_sent: int
+    mean_batch_size: float
+    max_batch_size: int
+    flushes_by_size: int
+    flushes_by_timeout: int
+    pending: int
+
+
+@attrs.frozen
+class ServiceMetrics:
+    """A snapshot of a whole service.
+
+    ``total_requests`` counts requests that ended (``successful_requests +
+    failed_requests``): a routed call is one request, a fan-out one per replica it
+    reached, a merged batch one. A user exception counts as a request and a failure;
+    so do the service's own errors (overloaded, no healthy replica, replica died,
+    closed). ``retries`` counts re-sends after a replica death.
+    """
+
+    total_requests: int
+    successful_requests: int
+    failed_requests: int
+    retries: int
+    restarts: int
+    session_migrations: int
+    active_sessions: int
+    healthy_replicas: int
+    total_replicas: int
+    scaling_events: int
+    active_requests: int
+    queue_depth: int
+    request_rate: float
+    avg_latency: float
+    p50_latency: float
+    p99_latency: float
+    capacity_utilization: float
+    uptime: float
+    replicas: tuple[ReplicaMetrics, ...]
+    batchers: tuple[BatcherStatistics, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        """TorchForge's ``get_metrics_summary()`` layout."""
+        n = len(self.replicas)
+        return {
+            "service": {
+                "total_sessions": self.active_sessions,
+                "healthy_replicas": self.healthy_replicas,
+                "total_replicas": self.total_replicas,
+                "total_request_rate": self.request_rate,
+                "avg_queue_depth": (sum(r.queue_depth for r in self.replicas) + self.queue_depth)
+                / n
+                if n
+                else 0.0,
+                "avg_capacity_utilization": self.capacity_utilization,
+                "sessions_per_replica": self.active_sessions / n if n else 0.0,
+                "total_requests": self.total_requests,
+                "successful_requests": self.successful_requests,
+                "failed_requests": self.failed_requests,
+                "retries": self.retries,
+                "restarts": self.restarts,
+                "session_migrations": self.session_migrations,
+                "scaling_events": self.scaling_events,
+                "avg_latency": self.avg_latency,
+                "p50_latency": self.p50_latency,
+                "p99_latency": self.p99_latency,
+            },
+            "replicas": {
+                r.idx: {
+                    "total_requests": r.total_requests,
+                    "successful_requests": r.successful_requests,
+                    "failed_requests": r.failed_requests,
+                    "request_rate": r.request_rate,
+                    "avg_latency": r.avg_latency,
+                    "active_requests": r.active_requests,
+                    "queue_depth": r.queue_depth,
+                    "assigned_sessions": r.assigned_sessions,
+                    "capacity_utilization": r.capacity_utilization,
+                    "state": r.state.name,
+                    "restarts": r.restarts,
+                }
+                for r in self.replicas
+            },
+        }
