@@ -1,7 +1,9 @@
-"""Time-windowed request metrics: O(1) per request, never sample-capped.
+"""Time-windowed request metrics: cheap per request, never sample-capped.
 
-Rates count completions in 1-second slots over the last 60 s; latency percentiles come
-from log-spaced histograms (5% wide buckets) kept in 10-second slots over the same
+The hot path adds to counters and appends the latency to a short list; once per
+second (or every 4,096 requests) that list is folded into a log-spaced histogram
+(5% wide buckets) of the current 10-second slot. Rates count completions in
+1-second slots over the last 60 s; percentiles merge the histograms of the same
 window. Memory is fixed however many requests pass.
 """
 
@@ -10,12 +12,13 @@ from __future__ import annotations
 import math
 import time
 
-__all__ = ["WINDOW", "Recorder", "clock"]
+__all__ = ["WINDOW", "Recorder", "clock", "percentile", "rate"]
 
 WINDOW = 60.0
 _RATE_SLOTS = 60  # 1 s each
 _HIST_SLOT = 10.0
 _HIST_SLOTS = 6
+_FLUSH_AT = 4096
 _K = 1.0 / math.log(1.05)
 _MIN_LATENCY = 1e-7
 
@@ -27,11 +30,15 @@ class Recorder:
     service itself failed before they reached one)."""
 
     __slots__ = (
+        "_edge",
         "_hist",
         "_hist_ids",
         "_lat",
+        "_pending",
         "_rate",
         "_rate_ids",
+        "_sec",
+        "_sec_count",
         "failed",
         "latency_sum",
         "successful",
@@ -46,44 +53,78 @@ class Recorder:
         self._hist: list[dict[int, int]] = [{} for _ in range(_HIST_SLOTS)]
         self._hist_ids = [-1] * _HIST_SLOTS
         self._lat = [[0, 0.0] for _ in range(_HIST_SLOTS)]  # count, sum per hist slot
+        self._pending: list[float] = []
+        self._sec = -1
+        self._sec_count = 0
+        self._edge = -1.0  # end of the current 1-second slot
 
     @property
     def total(self) -> int:
         return self.successful + self.failed
 
     def record(self, now: float, latency: float, ok: bool) -> None:
+        """One completed request (the hot path: counters and an append)."""
+        if now >= self._edge:
+            self._roll(now)
         if ok:
             self.successful += 1
         else:
             self.failed += 1
-        self.latency_sum += latency
-        sec = int(now)
-        i = sec % _RATE_SLOTS
-        if self._rate_ids[i] != sec:
-            self._rate_ids[i] = sec
-            self._rate[i] = 0
-        self._rate[i] += 1
-        slot = int(now / _HIST_SLOT)
+        self._sec_count += 1
+        pending = self._pending
+        pending.append(latency)
+        if len(pending) >= _FLUSH_AT:
+            self._fold()
+
+    def _roll(self, now: float) -> None:
+        """Close the current second: its count goes to the rate ring, its latencies
+        to the histogram of the 10-second slot they belong to."""
+        self._fold()
+        if self._sec >= 0:
+            i = self._sec % _RATE_SLOTS
+            self._rate_ids[i] = self._sec
+            self._rate[i] = self._sec_count
+        self._sec = int(now)
+        self._sec_count = 0
+        self._edge = self._sec + 1.0
+
+    def _fold(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        slot = int(self._sec / _HIST_SLOT)
         j = slot % _HIST_SLOTS
         if self._hist_ids[j] != slot:
             self._hist_ids[j] = slot
             self._hist[j] = {}
             self._lat[j] = [0, 0.0]
-        b = int(math.log(latency if latency > _MIN_LATENCY else _MIN_LATENCY) * _K)
         h = self._hist[j]
-        h[b] = h.get(b, 0) + 1
+        log, k, low = math.log, _K, _MIN_LATENCY
+        total = 0.0
+        for latency in pending:
+            total += latency
+            b = int(log(latency if latency > low else low) * k)
+            h[b] = h.get(b, 0) + 1
         lat = self._lat[j]
-        lat[0] += 1
-        lat[1] += latency
+        lat[0] += len(pending)
+        lat[1] += total
+        self.latency_sum += total
+        pending.clear()
 
     def completed_in_window(self, now: float) -> int:
-        """Completions in the last 60 s (whole 1 s slots)."""
+        """Completions in the last 60 s (whole 1-second slots)."""
+        if now >= self._edge:
+            self._roll(now)
         low = int(now) - _RATE_SLOTS
-        return sum(c for c, s in zip(self._rate, self._rate_ids, strict=True) if s > low)
+        done = sum(c for c, s in zip(self._rate, self._rate_ids, strict=True) if s > low)
+        return done + self._sec_count
 
     def window_histogram(self, now: float, into: dict[int, int]) -> tuple[int, float]:
         """Add this recorder's latency buckets of the last 60 s into ``into``;
         return (count, latency sum) of that window."""
+        if now >= self._edge:
+            self._roll(now)
+        self._fold()
         low = int(now / _HIST_SLOT) - _HIST_SLOTS
         n, total = 0, 0.0
         for h, s, lat in zip(self._hist, self._hist_ids, self._lat, strict=True):

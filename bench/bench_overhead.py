@@ -1,0 +1,118 @@
+"""route() overhead and throughput on FakeMesh, asyncio and trio, as ratios.
+
+    python bench/bench_overhead.py [--calls 20000] [--callers 1000] [--per-caller 100]
+
+Baselines are measured in the same run: a direct ``await`` of the same in-process
+actor's endpoint, and the same callers awaiting the same 4 actors directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import anyio
+
+from forge_sc import ForgeActor, endpoint, open_service
+from forge_sc.testing import FakeMesh
+
+
+class Echo(ForgeActor):
+    @endpoint
+    async def echo(self, x: int) -> int:
+        return x
+
+    @endpoint
+    async def tick(self, x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return x
+
+
+def _direct(actor: Any, name: str) -> Any:
+    return type(actor).__dict__[name]._method.__get__(actor)
+
+
+async def overhead(calls: int) -> dict[str, float]:
+    async with open_service(Echo, num_replicas=1, mesh=FakeMesh(seed=0)) as svc:
+        mesh_actor = svc._mesh.actor(0)  # type: ignore[attr-defined]
+        direct = _direct(mesh_actor, "echo")
+        route = svc.echo.route
+        for i in range(2000):  # warm-up
+            await route(i)
+            await direct(i)
+        t_route: list[float] = []
+        t_direct: list[float] = []
+        clock = time.perf_counter
+        # Interleave in blocks so drift hits both equally; per-call medians.
+        for _ in range(calls // 100):
+            for i in range(100):
+                t0 = clock()
+                await direct(i)
+                t_direct.append(clock() - t0)
+            for i in range(100):
+                t0 = clock()
+                await route(i)
+                t_route.append(clock() - t0)
+    d = statistics.median(t_direct) * 1e6
+    r = statistics.median(t_route) * 1e6
+    return {"direct_us": d, "route_us": r, "overhead_us": r - d}
+
+
+async def throughput(callers: int, per_caller: int) -> dict[str, float]:
+    mesh = FakeMesh(seed=0)
+    async with open_service(
+        Echo, num_replicas=4, mesh=mesh, replica_max_concurrent_requests=callers
+    ) as svc:
+        actors = [_direct(mesh.actor(i), "tick") for i in range(4)]
+
+        async def direct_caller(k: int) -> None:
+            f = actors[k % 4]
+            for i in range(per_caller):
+                await f(i)
+
+        async def routed_caller(k: int) -> None:
+            route = svc.tick.route
+            for i in range(per_caller):
+                await route(i)
+
+        async def run(fn: Any) -> float:
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for k in range(callers):
+                    tg.start_soon(fn, k)
+            return callers * per_caller / (time.perf_counter() - t0)
+
+        await run(routed_caller)  # warm-up: FakeMesh learns that tick suspends
+        direct_rate = await run(direct_caller)
+        routed_rate = await run(routed_caller)
+    return {"direct_per_s": direct_rate, "routed_per_s": routed_rate, "ratio": routed_rate / direct_rate}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--calls", type=int, default=20000)
+    p.add_argument("--callers", type=int, default=1000)
+    p.add_argument("--per-caller", type=int, default=100)
+    p.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both")
+    a = p.parse_args()
+    backends = ["asyncio", "trio"] if a.backend == "both" else [a.backend]
+    targets = {"asyncio": 3.0, "trio": 4.0}
+    for backend in backends:
+        o = anyio.run(overhead, a.calls, backend=backend)
+        print(
+            f"[{backend}] route() overhead: {o['overhead_us']:.2f} us "
+            f"(route {o['route_us']:.2f} us, direct await {o['direct_us']:.2f} us; "
+            f"target <= {targets[backend]} us)"
+        )
+        t = anyio.run(throughput, a.callers, a.per_caller, backend=backend)
+        print(
+            f"[{backend}] throughput, 4 replicas, {a.callers} callers x {a.per_caller}: "
+            f"{t['routed_per_s']:,.0f}/s routed vs {t['direct_per_s']:,.0f}/s direct = "
+            f"ratio {t['ratio']:.2f} (target >= 0.5)"
+        )
+
+
+if __name__ == "__main__":
+    main()
