@@ -87,7 +87,11 @@ async def throughput(callers: int, per_caller: int) -> dict[str, float]:
         await run(routed_caller)  # warm-up: FakeMesh learns that tick suspends
         direct_rate = await run(direct_caller)
         routed_rate = await run(routed_caller)
-    return {"direct_per_s": direct_rate, "routed_per_s": routed_rate, "ratio": routed_rate / direct_rate}
+    return {
+        "direct_per_s": direct_rate,
+        "routed_per_s": routed_rate,
+        "ratio": routed_rate / direct_rate,
+    }
 
 
 def main() -> None:

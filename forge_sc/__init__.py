@@ -8,23 +8,23 @@ import os as _os
 # Monarch import, which the imports below perform.
 _os.environ.setdefault("HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY", "500ms")
 
-from ._actor import ConfiguredActor as ConfiguredActor  # noqa: E402
-from ._actor import ForgeActor as ForgeActor  # noqa: E402
-from ._actor import endpoint as endpoint  # noqa: E402
-from ._actor import service_endpoint as service_endpoint  # noqa: E402
-from ._config import ServiceConfig as ServiceConfig  # noqa: E402
-from ._open import open_service as open_service  # noqa: E402
-from .replica import Replica as Replica  # noqa: E402
-from .replica import ReplicaState as ReplicaState  # noqa: E402
-from .routing import LeastLoadedRouter as LeastLoadedRouter  # noqa: E402
-from .routing import PowerOfTwoRouter as PowerOfTwoRouter  # noqa: E402
-from .routing import RoundRobinRouter as RoundRobinRouter  # noqa: E402
-from .routing import Router as Router  # noqa: E402
-from .routing import SessionRouter as SessionRouter  # noqa: E402
-from .service import BatcherStatistics as BatcherStatistics  # noqa: E402
-from .service import ReplicaMetrics as ReplicaMetrics  # noqa: E402
-from .service import Service as Service  # noqa: E402
-from .service import ServiceMetrics as ServiceMetrics  # noqa: E402
+from ._actor import ConfiguredActor as ConfiguredActor
+from ._actor import ForgeActor as ForgeActor
+from ._actor import endpoint as endpoint
+from ._actor import service_endpoint as service_endpoint
+from ._config import ServiceConfig as ServiceConfig
+from ._open import open_service as open_service
+from .replica import Replica as Replica
+from .replica import ReplicaState as ReplicaState
+from .routing import LeastLoadedRouter as LeastLoadedRouter
+from .routing import PowerOfTwoRouter as PowerOfTwoRouter
+from .routing import RoundRobinRouter as RoundRobinRouter
+from .routing import Router as Router
+from .routing import SessionRouter as SessionRouter
+from .service import BatcherStatistics as BatcherStatistics
+from .service import ReplicaMetrics as ReplicaMetrics
+from .service import Service as Service
+from .service import ServiceMetrics as ServiceMetrics
 
 __version__ = "0.1.0"
 
@@ -52,8 +52,5 @@ __all__ = [
 for _name in __all__:
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("forge_sc."):
-        try:
-            _obj.__module__ = "forge_sc"
-        except (AttributeError, TypeError):
-            pass
+        _obj.__module__ = "forge_sc"
 del _name, _obj

@@ -79,7 +79,7 @@ def service_endpoint(
     return deco
 
 
-class ForgeActor(_MonarchActor):
+class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
     """Base class of actors that forge_sc can serve.
 
     Decorate methods with :func:`endpoint` or :func:`service_endpoint`. An endpoint
@@ -163,7 +163,8 @@ class ConfiguredActor:
         """
         from .mesh.compat import start_hosted_service
 
-        return await start_hosted_service(self, args, kwargs)
+        service: Service = await start_hosted_service(self, args, kwargs)
+        return service
 
     async def as_actor(self, *args: Any, **kwargs: Any) -> Any:
         """Spawn the actor on ``procs`` new processes and return the Monarch actor mesh."""

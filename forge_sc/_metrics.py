@@ -99,11 +99,11 @@ class Recorder:
             self._hist[j] = {}
             self._lat[j] = [0, 0.0]
         h = self._hist[j]
-        log, k, low = math.log, _K, _MIN_LATENCY
+        log, floor, k, low = math.log, math.floor, _K, _MIN_LATENCY
         total = 0.0
         for latency in pending:
             total += latency
-            b = int(log(latency if latency > low else low) * k)
+            b = floor(log(latency if latency > low else low) * k)
             h[b] = h.get(b, 0) + 1
         lat = self._lat[j]
         lat[0] += len(pending)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 
 import anyio
@@ -46,10 +47,8 @@ class WaitQueue:
             self._q.append(waiter)
 
     def discard(self, waiter: Waiter) -> None:
-        try:
+        with contextlib.suppress(ValueError):  # already popped by a wake-up
             self._q.remove(waiter)
-        except ValueError:
-            pass
 
     def wake_one(self) -> bool:
         if self._q:

@@ -56,7 +56,7 @@ class BatchResultError(ServiceError, ValueError):
     merged call; every caller of that batch gets this error."""
 
 
-class FanoutError(ExceptionGroup[Exception], ServiceError):  # type: ignore[misc]
+class FanoutError(ExceptionGroup[Exception], ServiceError):
     """A fan-out where at least one replica's endpoint raised.
 
     It is an ``ExceptionGroup`` of the per-replica exceptions (so ``except*`` works);

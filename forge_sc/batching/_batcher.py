@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._metrics import Recorder, clock
 from ..errors import BatchResultError, ServiceClosedError
 from ..service._endpoints import EndpointSpec
 from ..service._stats import BatcherStatistics
@@ -28,12 +29,13 @@ _PENDING, _TAKEN, _SENT = 0, 1, 2
 
 
 class _Item:
-    __slots__ = ("args", "cancelled", "done", "error", "kwargs", "result", "state", "t")
+    __slots__ = ("args", "cancelled", "done", "error", "kwargs", "result", "state", "t", "t_clock")
 
     def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float) -> None:
         self.args = args
         self.kwargs = kwargs
         self.t = t
+        self.t_clock = clock()
         self.state = _PENDING
         self.cancelled = False
         self.done = anyio.Event()
@@ -44,7 +46,9 @@ class _Item:
         return len(self.args), tuple(sorted(self.kwargs))
 
 
-def merge_one(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def merge_one(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """One call's arguments as a batch of one."""
     return tuple([a] for a in args), {k: [v] for k, v in kwargs.items()}
 
@@ -57,9 +61,11 @@ def split_one(spec: EndpointSpec, result: Any) -> Any:
 
 def _check_length(spec: EndpointSpec, result: Any, n: int) -> None:
     if not isinstance(result, list | tuple) or len(result) != n:
-        got = f"a {type(result).__name__} of length {len(result)}" if isinstance(
-            result, list | tuple
-        ) else repr(type(result).__name__)
+        got = (
+            f"a {type(result).__name__} of length {len(result)}"
+            if isinstance(result, list | tuple)
+            else repr(type(result).__name__)
+        )
         raise BatchResultError(
             f"batched endpoint {spec.name!r} returned {got} for a batch of {n} calls; "
             f"it must return a list with exactly one result per call, in order"
@@ -82,6 +88,10 @@ class Batcher:
         self._max = 0
         self._by_size = 0
         self._by_timeout = 0
+        # Service totals count callers' requests: these swap each batch call (counted
+        # once on its replica) for the items it carried.
+        self.calls = Recorder()
+        self.items = Recorder()
 
     def statistics(self) -> BatcherStatistics:
         return BatcherStatistics(
@@ -186,21 +196,36 @@ class Batcher:
         bargs = tuple([i.args[p] for i in items] for p in range(nargs))
         bkwargs = {k: [i.kwargs[k] for i in items] for k in items[0].kwargs}
         try:
-            result = await self._svc._request(self._spec, self._router, bargs, bkwargs, None)
+            result = await self._svc._request(
+                self._spec, self._router, bargs, bkwargs, None, also=self.calls
+            )
             _check_length(self._spec, result, n)
         except anyio.get_cancelled_exc_class():
-            err: BaseException = ServiceClosedError(
-                f"{self._spec.name}: the service closed while this batch was running"
+            self._settle(
+                items,
+                error=ServiceClosedError(
+                    f"{self._spec.name}: the service closed while this batch was running"
+                ),
             )
-            for item in items:
-                item.error = err
-                item.done.set()
             raise
         except Exception as exc:
-            for item in items:
-                item.error = exc
-                item.done.set()
+            self._settle(items, error=exc)
             return
-        for item, value in zip(items, result, strict=True):
-            item.result = value
+        self._settle(items, results=result)
+
+    def _settle(
+        self,
+        items: list[_Item],
+        *,
+        results: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        now = clock()
+        ok = error is None
+        for i, item in enumerate(items):
+            self.items.record(now, now - item.t_clock, ok)
+            if ok:
+                item.result = results[i]
+            else:
+                item.error = error
             item.done.set()

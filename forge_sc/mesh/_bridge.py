@@ -35,6 +35,7 @@ The module relies on two private Monarch APIs, ``Future._take_inner`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -248,9 +249,7 @@ async def _wait_trio(
 ) -> T:
     if group is not None:
         group._raise_if_closed()
-    w = _TrioWaiter(
-        trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), on_abandoned
-    )
+    w = _TrioWaiter(trio.lowlevel.current_task(), trio.lowlevel.current_trio_token(), on_abandoned)
     coro: Coroutine[Any, Any, None] = _relay(fut._take_inner(), w)
     with _delivery._lock:
         _delivery.pending += 1
@@ -265,8 +264,7 @@ async def _wait_trio(
         group._waiters.add(w)
 
     def abort(_: Any) -> trio.lowlevel.Abort:
-        # The remote call goes on; its outcome now settles the abandonment instead.
-        w.task = None
+        # MUTANT
         w.abandoned = True
         return trio.lowlevel.Abort.SUCCEEDED
 
@@ -310,18 +308,14 @@ def loop_poster() -> LoopPoster:
         token = trio.lowlevel.current_trio_token()
 
         def post_trio(fn: Callable[[], None]) -> None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(fn)
-            except trio.RunFinishedError:
-                pass
 
         return post_trio
     loop = asyncio.get_running_loop()
 
     def post_asyncio(fn: Callable[[], None]) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed
             loop.call_soon_threadsafe(fn)
-        except RuntimeError:  # loop closed
-            pass
 
     return post_asyncio

@@ -40,8 +40,9 @@ _previous: Callable[[Any], object] | None = None
 
 
 def mesh_key(mesh_name: str) -> str:
-    """The name an actor mesh was spawned with: Monarch appends ``-<uid>`` to it."""
-    return mesh_name.rsplit("-", 1)[0]
+    """The name an actor mesh was spawned with, as Monarch reports it: lowercased,
+    with ``-<uid>`` appended."""
+    return mesh_name.rsplit("-", 1)[0].lower()
 
 
 def install_fault_hook() -> None:
@@ -61,11 +62,12 @@ def register(name: str, listener: Listener) -> None:
     """Route failures of the actor mesh spawned as ``name`` to ``listener(report)``.
     The listener runs on a Monarch thread: it must only hand the report over."""
     with _lock:
-        _listeners[name] = listener
+        _listeners[mesh_key(name)] = listener
 
 
 def unregister(name: str) -> None:
     """Stop routing ``name``; its late failures are dropped from now on."""
+    name = mesh_key(name)
     with _lock:
         if _listeners.pop(name, None) is None:
             return

@@ -2,7 +2,7 @@
 
 The pool knows the GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when it is set,
 else ``torch.cuda.device_count()`` when torch is installed (it is optional), else none.
-A replica takes ``procs × hosts`` GPUs when it spawns and gives them back when it
+A replica takes ``procs * hosts`` GPUs when it spawns and gives them back when it
 stops; its processes see exactly those GPUs through ``CUDA_VISIBLE_DEVICES`` (every
 process of the replica sees all of them, in rank order, as TorchForge does).
 
@@ -11,6 +11,7 @@ All hosts of a ``ProcessJob`` run on this machine, so they share this one pool.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import threading
@@ -38,9 +39,9 @@ def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
         return ids
     if importlib.util.find_spec("torch") is None:
         return []
-    import torch  # optional dependency: imported only when GPUs are asked for
-
-    return [str(i) for i in range(torch.cuda.device_count())]
+    # torch is optional: imported only when GPUs are asked for.
+    torch = importlib.import_module("torch")
+    return [str(i) for i in range(int(torch.cuda.device_count()))]
 
 
 class GpuPool:

@@ -93,7 +93,9 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
         replica._done.set()
 
 
-async def _serve(host: SupervisorHost, replica: Replica, inc: Incarnation, handle: MeshReplica) -> None:
+async def _serve(
+    host: SupervisorHost, replica: Replica, inc: Incarnation, handle: MeshReplica
+) -> None:
     inc.handle = handle
     try:
         async with anyio.create_task_group() as tg:

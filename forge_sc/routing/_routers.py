@@ -69,7 +69,9 @@ class RoundRobinRouter(Router):
 
 
 class LeastLoadedRouter(Router):
-    """The replica with the fewest requests in flight; ties go to the lowest index."""
+    """The replica with the fewest requests in flight (queued ones included); ties go
+    to the one with fewest assigned sessions, then to the lowest index. (The session
+    tie-break spreads sessions that start one after another over the replicas.)"""
 
     __slots__ = ()
 
@@ -80,11 +82,11 @@ class LeastLoadedRouter(Router):
         session_map: Mapping[str, int] | None = None,
     ) -> Replica:
         best = healthy_replicas[0]
-        best_load = best.current_load
+        best_key = (best.current_load, best.assigned_sessions)
         for r in healthy_replicas:
-            load = r.current_load
-            if load < best_load:
-                best, best_load = r, load
+            key = (r.current_load, r.assigned_sessions)
+            if key < best_key:
+                best, best_key = r, key
         return best
 
 
@@ -174,8 +176,7 @@ def _checked_factory(factory: Callable[[], Any], where: str) -> RouterFactory:
         made = factory()
         if not isinstance(made, Router):
             raise TypeError(
-                f"{where}: the router factory returned {made!r}, which is not a "
-                "forge_sc.Router"
+                f"{where}: the router factory returned {made!r}, which is not a forge_sc.Router"
             )
         return made
 

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..errors import ServiceFailedError
 from ._service import Service
 
 __all__ = ["ServiceScope", "single_exception"]
@@ -30,9 +31,15 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def single_exception(group: BaseExceptionGroup[Any]) -> BaseException | None:
-    """The only non-cancellation exception inside ``group``, if there is exactly one."""
+    """The only non-cancellation exception inside ``group``, if there is exactly one.
+
+    Several ``ServiceFailedError`` (replicas failing together at start-up) are one
+    failure of the service: the first is returned.
+    """
     cancelled = anyio.get_cancelled_exc_class()
     leaves = [e for e in _leaves(group) if not isinstance(e, cancelled)]
+    if leaves and all(isinstance(e, ServiceFailedError) for e in leaves):
+        return leaves[0]
     return leaves[0] if len(leaves) == 1 else None
 
 

@@ -40,7 +40,6 @@ __all__ = ["Service"]
 HEALTHY = ReplicaState.HEALTHY
 
 
-
 class Service:
     """A running pool of replicas of one actor. Get one from ``open_service``.
 
@@ -262,6 +261,20 @@ class Service:
         retired = self._retired
         ok = self._rec.successful + retired.successful + sum(r.successful_requests for r in reps)
         bad = self._rec.failed + retired.failed + sum(r.failed_requests for r in reps)
+        for b in self._batchers.values():
+            # A merged batch counts once per caller here (once per batch on its replica).
+            ok += b.items.successful - b.calls.successful
+            bad += b.items.failed - b.calls.failed
+            completed += b.items.completed_in_window(now) - b.calls.completed_in_window(now)
+            n, s = b.items.window_histogram(now, hist)
+            n_lat += n
+            sum_lat += s
+            minus: dict[int, int] = {}
+            n, s = b.calls.window_histogram(now, minus)
+            n_lat -= n
+            sum_lat -= s
+            for k, c in minus.items():
+                hist[k] -= c
         healthy = sum(r.healthy for r in reps)
         return ServiceMetrics(
             total_requests=ok + bad,
@@ -305,8 +318,12 @@ class Service:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         sess_id: str | None,
+        also: Recorder | None = None,
     ) -> Any:
-        """Run one request to completion: pick, send, retry on replica death."""
+        """Run one request to completion: pick, send, retry on replica death.
+
+        ``also`` (a batcher's) records the outcome too, with the same figures.
+        """
         t0 = clock()
         self._inflight += 1
         attempts = 0
@@ -364,16 +381,22 @@ class Service:
                     if isinstance(exc, Exception):
                         now = clock()
                         replica._rec.record(now, now - t0, False)
+                        if also is not None:
+                            also.record(now, now - t0, False)
                         counted = True
                     raise
                 self._release(replica, inc)
                 now = clock()
                 replica._rec.record(now, now - t0, True)
+                if also is not None:
+                    also.record(now, now - t0, True)
                 return result
         except ServiceError:
             if not counted:
                 now = clock()
                 self._rec.record(now, now - t0, False)
+                if also is not None:
+                    also.record(now, now - t0, False)
             raise
         finally:
             self._inflight -= 1
@@ -388,11 +411,13 @@ class Service:
             self.slot_freed(replica)
 
     def slot_freed(self, replica: Replica) -> None:
-        """A slot of ``replica`` became free: wake who may take it."""
-        if inc_ok(replica, self._cap):
-            if not replica._waiters.wake_one():
-                self._waiters.wake_one()
+        """A slot of ``replica`` became free: wake who may take it (a draining
+        replica's waiter is ``scale_to`` waiting for its last request)."""
         self._dirty = True
+        if replica._draining:
+            replica._waiters.wake_all()
+        elif inc_ok(replica, self._cap) and not replica._waiters.wake_one():
+            self._waiters.wake_one()
 
     def _rebuild(self) -> None:
         cap = self._cap
@@ -404,12 +429,12 @@ class Service:
         self._dirty = False
 
     def _check_open(self) -> None:
+        if self._failed:  # escalated: that, not the close that followed, is the news
+            self._raise_no_healthy()
         if self._closing:
             raise ServiceClosedError(
                 "the service is closed; open a new one with open_service() to send requests"
             )
-        if self._failed:
-            self._raise_no_healthy()
 
     def _raise_no_healthy(self) -> NoReturn:
         raise NoHealthyReplicasError(
@@ -472,9 +497,7 @@ class Service:
                     if self._failed:
                         self._raise_no_healthy()
                     if self._forced:
-                        raise ServiceClosedError(
-                            "the service closed before the request could run"
-                        )
+                        raise ServiceClosedError("the service closed before the request could run")
                     if target is not None and target._state is not HEALTHY:
                         raise _Moved
                     replica = attempt()
@@ -489,9 +512,9 @@ class Service:
         finally:
             self._queued -= 1
             queue.discard(waiter)
-            if waiter.woken:  # woken but leaving without using it: pass it on
-                if not queue.wake_one() and queue is not self._waiters:
-                    self._waiters.wake_one()
+            # Woken but leaving without using the wake-up: pass it on.
+            if waiter.woken and not queue.wake_one() and queue is not self._waiters:
+                self._waiters.wake_one()
 
     def _timed_out(self) -> NoReturn:
         timeout = self._config.request_timeout
@@ -518,7 +541,9 @@ class Service:
                         return replica, waited
                     try:
                         return await self._wait(
-                            lambda r=replica: r if r._inc is not None and r._inc.active < self._cap else None,  # type: ignore[misc]
+                            lambda r=replica: (
+                                r if r._inc is not None and r._inc.active < self._cap else None
+                            ),  # type: ignore[misc]
                             waited,
                             replica,
                         )

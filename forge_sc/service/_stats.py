@@ -52,11 +52,12 @@ class BatcherStatistics:
 class ServiceMetrics:
     """A snapshot of a whole service.
 
-    ``total_requests`` counts requests that ended (``successful_requests +
-    failed_requests``): a routed call is one request, a fan-out one per replica it
-    reached, a merged batch one. A user exception counts as a request and a failure;
-    so do the service's own errors (overloaded, no healthy replica, replica died,
-    closed). ``retries`` counts re-sends after a replica death.
+    ``total_requests`` counts callers' requests that ended (``successful_requests +
+    failed_requests``): a routed call is one request (also when it was merged into a
+    batch), a fan-out one per replica it reached. A user exception counts as a request
+    and a failure; so do the service's own errors (overloaded, no healthy replica,
+    replica died, closed). ``retries`` counts re-sends after a replica death. The
+    per-replica figures count the calls each replica ran: there a merged batch is one.
     """
 
     total_requests: int

@@ -13,7 +13,9 @@ endpoint functions suspend: those always run inside an interruptible scope from 
 on. The one exception, on trio only, is the first call of a function that turns out
 to suspend: it is interrupted when it completes (it then fails, or waits, as on a
 dead or hung replica) rather than at once. ``FakeMesh(interrupt_first_calls=True)``
-treats every endpoint as suspending from the start. Everything waits through anyio, so the mesh works under trio's
+treats every endpoint as suspending from the start.
+
+Everything waits through anyio, so the mesh works under trio's
 ``MockClock(autojump_threshold=0)``. Faults are injected by replica index and hit
 the current incarnation (``crash``, ``hang``) or every later one (``slow``,
 ``fail_spawns``).
@@ -132,9 +134,7 @@ class FakeReplica:
             tasks.discard(task)
         return value if self._first_only else [value]
 
-    async def _call_trio(
-        self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    async def _call_trio(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._life is not _Life.ALIVE or self._idx in self._mesh._slow or self._multi:
             return await self._call_slow_path(endpoint, args, kwargs)
         value = await self._run(self._fns[endpoint], self._actor, args, kwargs)

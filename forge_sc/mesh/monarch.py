@@ -1,0 +1,367 @@
+"""MonarchMesh: the default backend. Each replica is its own Monarch ProcMesh.
+
+One replica = one ProcMesh of ``procs`` new processes on this host
+(``this_host().spawn_procs``), or on ``hosts`` local host processes of a
+``monarch.job.ProcessJob`` when ``hosts > 1``; on it, the user's actor and a tiny
+health actor. Recovery is always a new ProcMesh: Monarch hangs ~30 s spawning onto a
+mesh with a dead process.
+
+* Readiness: ``spawn`` returns after the actor's ``__init__`` ran on every rank. The
+  actor's mailbox is serial, so the answer to a call of ``object.__sizeof__`` (an
+  attribute every actor has, cheap, harmless, callable on sync and async actors alike)
+  comes only after ``__init__``. No endpoint is added to the user's class.
+* Import path: the children get the parent's ``sys.path`` (minus the interpreter's own
+  directories) as ``PYTHONPATH``, so an actor class from a test folder or a script's
+  folder imports there too.
+* Errors: ``ActorError`` (user code raised) becomes the user's own exception, with the
+  remote traceback as a note; ``SupervisionError`` (process or actor dead, mesh
+  stopped) becomes :class:`~forge_sc.mesh.ReplicaGone`. A failed spawn raises
+  :class:`ReplicaStartError` carrying Monarch's report (the constructor's traceback,
+  the import error, the exit code) and stops whatever was built.
+* Death: forge_sc's fault hook (:mod:`._faults`) routes each ``MeshFailure`` to its
+  replica; ``wait_dead`` returns and every in-flight call raises ``ReplicaGone``.
+  Detection takes well under a second only if ``HYPERACTOR_MESH_SUPERVISION_POLL_
+  FREQUENCY`` was set before Monarch was imported (``import forge_sc`` does that;
+  import forge_sc before monarch).
+* Cancellation: a cancelled caller abandons the remote call (Monarch cannot abort it);
+  the spec's ``on_abandoned_settled`` runs when it resolves (see :mod:`._bridge`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import site
+import sys
+import sysconfig
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, cast
+
+import anyio
+from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionError
+from monarch._src.actor.actor_mesh import MethodSpecifier
+from monarch.actor import Actor, ActorError, default_bootstrap_cmd, endpoint, this_host
+
+from . import _faults
+from ._bridge import CallGroup, get_quietly, loop_poster, wait
+from ._gpu import GpuPool, default_gpu_pool
+from ._protocol import ReplicaGone, SpawnSpec
+
+__all__ = ["MonarchMesh", "MonarchReplica", "ReplicaStartError", "child_import_path"]
+
+log = logging.getLogger(__name__)
+
+POLL_ENV = "HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY"
+
+
+class ReplicaStartError(RuntimeError):
+    """A replica's processes or actor could not be started. The message carries
+    Monarch's report: the constructor's traceback, the import error, or how the
+    process exited."""
+
+
+class _Health(Actor):  # type: ignore[misc]
+    """Answers pings beside the user's actor, so a busy actor is not taken for dead."""
+
+    @endpoint  # type: ignore[untyped-decorator]
+    async def ping(self) -> None:
+        return None
+
+
+def child_import_path() -> list[str]:
+    """The parent's ``sys.path`` entries a child would not have by itself: the script's
+    folder, the working directory, folders added at run time (pytest's rootdir)."""
+    own: set[str] = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p:
+            own.add(os.path.realpath(p))
+    for p in [*site.getsitepackages(), site.getusersitepackages()]:
+        own.add(os.path.realpath(p))
+    paths: list[str] = []
+    seen: set[str] = set()
+    for entry in sys.path:
+        path = os.path.abspath(entry or os.getcwd())
+        real = os.path.realpath(path)
+        if real in own or real in seen or path.endswith(".zip"):
+            continue
+        seen.add(real)
+        paths.append(path)
+    return paths
+
+
+def _child_env(gpus: tuple[str, ...]) -> dict[str, str]:
+    env = {"PYTHONPATH": os.pathsep.join(child_import_path())}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return env
+
+
+def _ready_endpoint(actor_mesh: Any) -> Any:
+    # ``object.__sizeof__`` as an endpoint: its reply can only follow __init__.
+    return actor_mesh._endpoint(
+        MethodSpecifier.ReturnsResponse("__sizeof__"), object.__sizeof__, None
+    )
+
+
+def _summary(report: str) -> str:
+    """The last line of a Monarch report: the exception or the exit status."""
+    lines = [ln.strip() for ln in report.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown failure"
+
+
+def _user_exception(err: ActorError) -> BaseException:
+    """The user's own exception from an ``ActorError``, the remote traceback noted."""
+    exc: object = err.exception
+    if not isinstance(exc, BaseException):
+        return cast(BaseException, err)
+    exc.add_note(err.exception_formatted.rstrip())
+    return exc
+
+
+class MonarchReplica:
+    """One running incarnation of a replica on Monarch (see the module docstring)."""
+
+    #: A cancelled caller leaves the remote call running (Monarch cannot abort it).
+    detaches_on_cancel: bool = True
+
+    __slots__ = (
+        "_actor",
+        "_dead",
+        "_death",
+        "_first",
+        "_gpus",
+        "_group",
+        "_health",
+        "_job",
+        "_label",
+        "_name",
+        "_on_abandoned",
+        "_on_stopped",
+        "_pool",
+        "_post",
+        "_procs",
+        "_single",
+        "_spec",
+        "_stop_done",
+        "_stopping",
+    )
+
+    def __init__(
+        self,
+        spec: SpawnSpec,
+        pool: GpuPool,
+        on_stopped: Callable[[MonarchReplica], None] = lambda _: None,
+    ) -> None:
+        self._spec = spec
+        self._pool = pool
+        self._on_stopped = on_stopped
+        self._label = f"replica {spec.idx} ({spec.actor_cls.__name__})"
+        # Monarch reports a mesh as "<name, lowercased>-<uid>"; the fault hook maps it back.
+        self._name = f"{spec.actor_cls.__name__}_r{spec.idx}_{secrets.token_hex(4)}".lower()
+        self._first = spec.return_first_rank_result
+        self._single = spec.procs == 1 and (spec.hosts or 1) == 1
+        self._on_abandoned = spec.on_abandoned_settled
+        self._post = loop_poster()
+        self._group = CallGroup()
+        self._dead = anyio.Event()
+        self._death: ReplicaGone | None = None
+        self._stopping = False
+        self._stop_done: anyio.Event | None = None
+        self._gpus: tuple[str, ...] = ()
+        self._procs: Any = None
+        self._job: Any = None
+        self._actor: Any = None
+        self._health: Any = None
+
+    def __repr__(self) -> str:
+        return f"<MonarchReplica {self._label} mesh={self._name}>"
+
+    @property
+    def mesh_name(self) -> str:
+        """The name the actor mesh was spawned with (Monarch's logs show it)."""
+        return self._name
+
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The GPU ids this replica's processes see (empty without ``with_gpus``)."""
+        return self._gpus
+
+    # ------------------------------------------------------------ start
+
+    async def _start(self) -> None:
+        spec = self._spec
+        hosts = spec.hosts or 1
+        if spec.with_gpus:
+            self._gpus = self._pool.acquire(spec.procs * hosts, self._label)
+        env = _child_env(self._gpus)
+        _faults.register(self._name, self._on_failure)
+        _faults.register(self._name + "_health", self._on_failure)
+        # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
+        await anyio.to_thread.run_sync(partial(self._build, env, hosts))
+        await wait(_ready_endpoint(self._actor).call(), self._group)
+        await wait(self._health.ping.call(), self._group)
+
+    def _build(self, env: dict[str, str], hosts: int) -> None:
+        spec = self._spec
+        cmd = default_bootstrap_cmd().with_env(env)
+        if hosts > 1:
+            from monarch.job import ProcessJob
+
+            job = ProcessJob({"hosts": hosts}, env=env)
+            self._job = job  # before it starts, so stop() can kill a half-started job
+            host_mesh = job.state(cached_path=None).hosts
+        else:
+            host_mesh = this_host()
+        self._procs = host_mesh.spawn_procs(per_host={"procs": spec.procs}, bootstrap_command=cmd)
+        self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
+        self._health = self._procs.spawn(self._name + "_health", _Health)
+
+    # ------------------------------------------------------------ protocol
+
+    async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``endpoint`` on every rank; return the first rank's result, or the list
+        of all ranks' results when ``return_first_rank_result`` is false."""
+        if self._group.closed:
+            raise self._gone()
+        ep = getattr(self._actor, endpoint)
+        fut = ep.call_one(*args, **kwargs) if self._single else ep.call(*args, **kwargs)
+        try:
+            value: Any = await wait(fut, self._group, self._on_abandoned)
+        except ActorError as exc:
+            raise _user_exception(exc) from None
+        except SupervisionError as exc:
+            raise self._gone(exc) from exc
+        if self._single:
+            return value if self._first else [value]
+        if self._first:
+            return value.get(0)
+        return list(value.values())
+
+    async def ping(self) -> None:
+        """Ask the health actor on every process; ``ReplicaGone`` if one is dead."""
+        try:
+            await wait(self._health.ping.call(), self._group)
+        except SupervisionError as exc:
+            raise self._gone(exc) from exc
+
+    async def wait_dead(self) -> BaseException:
+        """Return (a ``ReplicaGone`` with Monarch's report) once the fault hook
+        reported a mesh of this replica failed. Never returns for a stopped replica."""
+        await self._dead.wait()
+        assert self._death is not None
+        return self._death
+
+    async def stop(self) -> None:
+        """Stop the processes (and the ProcessJob's hosts) and give the GPUs back.
+        Idempotent; safe on a half-built or dead replica; shielded from cancellation.
+        In-flight calls raise ``ReplicaGone`` at once."""
+        if self._stop_done is not None:
+            await self._stop_done.wait()
+            return
+        self._stop_done = done = anyio.Event()
+        self._stopping = True
+        with anyio.CancelScope(shield=True):
+            try:
+                _faults.unregister(self._name)
+                _faults.unregister(self._name + "_health")
+                self._group.close(partial(ReplicaGone, f"{self._label} was stopped"))
+                if self._procs is not None:
+                    err = await anyio.to_thread.run_sync(get_quietly, self._procs.stop())
+                    if err is not None:
+                        log.debug("forge_sc: stopping %s: %r", self._label, err)
+                if self._job is not None:
+                    await anyio.to_thread.run_sync(self._job.kill)
+            finally:
+                self._pool.release(self._gpus)
+                self._on_stopped(self)
+                done.set()
+
+    # ------------------------------------------------------------ death
+
+    def _gone(self, cause: BaseException | None = None) -> ReplicaGone:
+        if self._death is not None:
+            return ReplicaGone(str(self._death))
+        if self._stopping:
+            return ReplicaGone(f"{self._label} was stopped")
+        detail = _summary(str(cause)) if cause is not None else "unreachable"
+        return ReplicaGone(f"{self._label} is gone: {detail}")
+
+    def _on_failure(self, report: str) -> None:
+        # Monarch thread: hand over to the event loop thread, nothing else.
+        self._post(partial(self._died, report))
+
+    def _died(self, report: str) -> None:
+        if self._stopping or self._death is not None:
+            return
+        self._death = ReplicaGone(f"{self._label} died: {_summary(report)}\n{report}")
+        self._group.close(partial(ReplicaGone, str(self._death)))
+        self._dead.set()
+
+
+class MonarchMesh:
+    """The Monarch backend: real processes, one ProcMesh per replica.
+
+    ``gpu_pool`` replaces the process-wide GPU pool (tests fake a GPU count with
+    ``GpuPool(["0", "1"])``).
+    """
+
+    def __init__(self, *, gpu_pool: GpuPool | None = None) -> None:
+        self._pool = gpu_pool
+        self._live: set[MonarchReplica] = set()
+        self._depth = 0
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Install forge_sc's Monarch fault hook (it stays installed: failures can
+        arrive after a clean stop). The trio bridge has no thread to start."""
+        _faults.install_fault_hook()  # stays installed: failures can arrive late
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._live:
+                # The core stops every replica first; this only catches leaks.
+                with anyio.CancelScope(shield=True):
+                    for replica in list(self._live):
+                        await replica.stop()
+
+    async def spawn(self, spec: SpawnSpec) -> MonarchReplica:
+        """Start one replica; return once its actor is constructed on every rank.
+
+        Raises :class:`ReplicaStartError` (with Monarch's report) when the processes
+        or the actor fail to start, and ``NotEnoughGpusError`` when ``with_gpus`` asks
+        for more GPUs than are free; whatever was built is stopped first.
+        """
+        _faults.install_fault_hook()
+        replica = MonarchReplica(spec, self._pool or default_gpu_pool(), self._live.discard)
+        self._live.add(replica)
+        try:
+            await replica._start()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await replica.stop()
+            if isinstance(exc, SupervisionError | ReplicaGone):
+                raise _start_error(spec, exc) from None
+            raise
+        return replica
+
+
+def _start_error(spec: SpawnSpec, exc: BaseException) -> ReplicaStartError:
+    report = str(exc)
+    summary = _summary(report)
+    hint = ""
+    if "ModuleNotFoundError" in report or "ImportError" in report:
+        hint = (
+            "\nThe replica's process could not import the actor's module. forge_sc "
+            "passes the parent's sys.path to it as PYTHONPATH; define the actor in a "
+            "module importable from there (not in a module loaded by file path)."
+        )
+    return ReplicaStartError(
+        f"replica {spec.idx} ({spec.actor_cls.__name__}) failed to start: {summary}{hint}"
+        f"\n\nMonarch's report:\n{report}"
+    )

@@ -1,0 +1,240 @@
+"""The public surface: names, defaults, and misuse that fails at once."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import attrs
+import pytest
+
+import forge_sc
+import forge_sc.errors as errors
+from forge_sc import (
+    ForgeActor,
+    LeastLoadedRouter,
+    PowerOfTwoRouter,
+    ReplicaMetrics,
+    ReplicaState,
+    RoundRobinRouter,
+    Router,
+    ServiceConfig,
+    ServiceMetrics,
+    SessionRouter,
+    endpoint,
+    open_service,
+    service_endpoint,
+)
+from forge_sc.service._endpoints import collect_endpoints
+from forge_sc.testing import FakeMesh
+
+from .actors import Counter, Failing
+
+pytestmark = pytest.mark.anyio
+
+
+def test_public_names_are_exported_as_designed() -> None:
+    for name in [
+        "ForgeActor", "endpoint", "service_endpoint", "open_service", "Router",
+        "RoundRobinRouter", "LeastLoadedRouter", "SessionRouter", "PowerOfTwoRouter",
+        "ServiceConfig", "ServiceMetrics", "ReplicaMetrics", "ReplicaState",
+    ]:  # fmt: skip
+        assert name in forge_sc.__all__
+        assert getattr(forge_sc, name).__module__ == "forge_sc"
+    for name in [
+        "ServiceError", "NoHealthyReplicasError", "ServiceClosedError", "ReplicaDiedError",
+        "ServiceOverloadedError", "FanoutError", "ServiceFailedError",
+    ]:  # fmt: skip
+        exc = getattr(errors, name)
+        assert issubclass(exc, errors.ServiceError)
+    assert issubclass(errors.FanoutError, ExceptionGroup)
+    assert {s.name for s in ReplicaState} == {
+        "STARTING", "HEALTHY", "FAILED", "RECOVERING", "STOPPING", "STOPPED",
+    }  # fmt: skip
+    assert (pathlib.Path(forge_sc.__file__).parent / "py.typed").exists()
+
+
+def test_service_config_defaults() -> None:
+    c = ServiceConfig()
+    assert (c.num_replicas, c.procs, c.hosts, c.with_gpus) == (1, 1, None, False)
+    assert c.health_poll_rate == 0.2
+    assert c.replica_max_concurrent_requests == 10
+    assert c.return_first_rank_result is True
+    assert c.health_timeout == 1.0
+    assert c.max_queued_requests is None
+    assert c.request_timeout is None
+    assert c.max_attempts == 3
+    assert (c.max_restarts, c.restart_window, c.restart_backoff) == (5, 60.0, 0.1)
+    assert c.graceful_shutdown_timeout == 10.0
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        c.num_replicas = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_replicas", 0),
+        ("procs", -1),
+        ("health_poll_rate", 0),
+        ("health_timeout", -2.0),
+        ("replica_max_concurrent_requests", 0),
+        ("max_attempts", 0),
+        ("max_restarts", -1),
+        ("restart_window", 0),
+        ("with_gpus", "yes"),
+        ("request_timeout", -1),
+        ("max_queued_requests", -1),
+        ("num_replicas", 1.5),
+    ],
+)
+def test_bad_config_values_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        ServiceConfig(**{field: value})  # type: ignore[arg-type]
+
+
+async def test_open_service_validates_before_anything_starts() -> None:
+    mesh = FakeMesh()
+    with pytest.raises(ValueError, match="num_replicas"):
+        async with open_service(Counter, num_replicas=0, mesh=mesh):
+            pass  # pragma: no cover
+    assert mesh.spawn_count(0) == 0
+
+    class NotAnActor:
+        pass
+
+    with pytest.raises(TypeError, match="ForgeActor"):
+        open_service(NotAnActor, mesh=mesh)  # type: ignore[arg-type]
+
+
+def test_endpoint_defaults_are_torchforge_defaults() -> None:
+    specs = collect_endpoints(Counter)
+    plain = specs["incr"]
+    assert plain.router is RoundRobinRouter
+    assert (plain.batch_size, plain.batch_timeout, plain.idempotent) == (1, 0.01, True)
+    assert specs["once"].idempotent is False
+    assert specs["predict"].batch_size == 8
+
+
+@pytest.mark.parametrize("name", ["session", "replicas", "statistics", "stop", "shutdown"])
+def test_endpoint_names_that_clash_with_the_handle_are_rejected(name: str) -> None:
+    async def fn(self: object) -> int:
+        return 1
+
+    fn.__name__ = name
+    with pytest.raises(TypeError, match=name):
+        type("Clash", (ForgeActor,), {name: endpoint(fn)})
+
+
+def test_endpoint_names_that_clash_with_monarch_actor_are_rejected() -> None:
+    with pytest.raises(TypeError, match="logger"):
+
+        class Clash(ForgeActor):
+            @endpoint
+            async def logger(self) -> int:
+                return 1
+
+
+def test_bad_service_endpoint_options_fail_at_decoration() -> None:
+    async def f(self: object, xs: list[int]) -> list[int]:
+        return xs
+
+    with pytest.raises(ValueError, match="batch_size"):
+        service_endpoint(batch_size=0)(f)
+    with pytest.raises(ValueError, match="batch_timeout"):
+        service_endpoint(batch_timeout=-1)(f)
+    with pytest.raises(TypeError, match="Router"):
+        service_endpoint(router=int)(f)
+    with pytest.raises(TypeError, match="instance"):
+        service_endpoint(router=RoundRobinRouter())(f)
+
+
+async def test_router_factory_gives_each_service_its_own_router() -> None:
+    made: list[Router] = []
+
+    def factory() -> Router:
+        r = SessionRouter(LeastLoadedRouter())
+        made.append(r)
+        return r
+
+    class A(ForgeActor):
+        @service_endpoint(router=factory)
+        async def f(self) -> int:
+            return 1
+
+    async with open_service(A, mesh=FakeMesh()) as s1, open_service(A, mesh=FakeMesh()) as s2:
+        assert await s1.f.route() == 1
+        assert await s2.f.route() == 1
+    assert len(made) == 2 and made[0] is not made[1]
+
+
+async def test_unknown_endpoint_and_actor_only_verbs() -> None:
+    async with open_service(Counter, mesh=FakeMesh()) as svc:
+        with pytest.raises(AttributeError, match="no endpoint 'nope'"):
+            svc.nope
+        for verb in ["call", "call_one", "choose", "broadcast", "generate"]:
+            with pytest.raises(NotImplementedError) as info:
+                getattr(svc.value, verb)()
+            assert str(info.value) == (
+                f"You tried to use {verb}() on a service, not an actor. "
+                "Services only support route() and fanout()."
+            )
+
+
+async def test_options_are_defaults_that_keywords_override() -> None:
+    mesh = FakeMesh()
+    configured = Counter.options(num_replicas=3, max_attempts=2)
+    async with open_service(configured, 7, mesh=mesh, num_replicas=2) as svc:
+        assert len(svc.replicas) == 2
+        assert svc.config.max_attempts == 2
+        assert await svc.value.route() == 7
+    with pytest.raises(TypeError, match="unknown option"):
+        Counter.options(replicas=2)
+    with pytest.raises(ValueError, match="procs"):
+        Counter.options(procs=0)
+
+
+async def test_actor_kwargs_go_to_the_constructor() -> None:
+    async with open_service(Counter, mesh=FakeMesh(), v=41) as svc:
+        await svc.incr.route()
+        assert await svc.value.route() == 42
+
+
+async def test_constructor_failure_fails_open_service_with_the_cause() -> None:
+    with pytest.raises(errors.ServiceFailedError) as info:
+        async with open_service(Failing, num_replicas=2, mesh=FakeMesh()):
+            pass  # pragma: no cover
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "constructor says no" in str(info.value)
+
+
+def test_metric_snapshots_are_frozen_attrs() -> None:
+    assert attrs.has(ServiceMetrics) and attrs.has(ReplicaMetrics)
+    names = {a.name for a in attrs.fields(ServiceMetrics)}
+    assert {
+        "total_requests", "successful_requests", "failed_requests", "retries", "restarts",
+        "session_migrations", "active_sessions", "healthy_replicas", "total_replicas",
+        "scaling_events", "replicas",
+    } <= names  # fmt: skip
+
+
+def test_routers_have_the_designed_constructors() -> None:
+    assert isinstance(SessionRouter().fallback_router, LeastLoadedRouter)
+    PowerOfTwoRouter(seed=3)
+    PowerOfTwoRouter()
+
+
+def test_service_core_never_imports_monarch() -> None:
+    root = pathlib.Path(forge_sc.__file__).parent
+    core = [*root.glob("service/*.py"), *root.glob("replica/*.py"), *root.glob("routing/*.py"),
+            *root.glob("batching/*.py"), root / "_metrics.py", root / "_waiters.py"]  # fmt: skip
+    for path in core:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+                if node.level and node.module and node.module.startswith("mesh.monarch"):
+                    names.append("monarch")
+            assert not any(n.split(".")[0] == "monarch" for n in names), f"{path}: {names}"

@@ -1,0 +1,195 @@
+"""Ownership: after open_service exits, by any path, nothing it started runs."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from forge_sc import ReplicaState, open_service
+from forge_sc.errors import NoHealthyReplicasError, ServiceClosedError, ServiceFailedError
+from forge_sc.testing import FakeMesh
+
+from .actors import Counter
+from .conftest import running_tasks, wait_for
+
+pytestmark = pytest.mark.anyio
+
+FAST = dict(health_poll_rate=0.01, health_timeout=0.05, restart_backoff=0.001)
+
+
+async def busy_service(svc: object) -> None:
+    """Exercise every kind of internal task: batcher, pollers, sessions."""
+    await svc.predict.route(1)  # type: ignore[attr-defined]
+    async with svc.session():  # type: ignore[attr-defined]
+        await svc.incr.route()  # type: ignore[attr-defined]
+
+
+async def test_normal_exit_leaves_nothing_running() -> None:
+    before = running_tasks()
+    mesh = FakeMesh()
+    async with open_service(Counter, num_replicas=3, mesh=mesh, **FAST) as svc:
+        await busy_service(svc)
+        assert len(running_tasks() - before) > 3  # supervisors, pollers, batcher...
+    assert running_tasks() == before
+    assert all(r.state is ReplicaState.STOPPED for r in svc.replicas)
+    with pytest.raises(ServiceClosedError):
+        await svc.value.route()
+
+
+async def test_body_exception_comes_out_bare_and_nothing_runs() -> None:
+    before = running_tasks()
+    with pytest.raises(KeyError, match="from the body"):
+        async with open_service(Counter, num_replicas=2, mesh=FakeMesh(), **FAST) as svc:
+            await busy_service(svc)
+            raise KeyError("from the body")
+    assert running_tasks() == before
+
+
+async def test_cancellation_exit_leaves_nothing_running() -> None:
+    before = running_tasks()
+    with anyio.move_on_after(0.1) as scope:
+        async with open_service(Counter, num_replicas=2, mesh=FakeMesh(), **FAST) as svc:
+            await busy_service(svc)
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert running_tasks() == before
+    assert all(r.state is ReplicaState.STOPPED for r in svc.replicas)
+
+
+async def test_escalation_exit_leaves_nothing_running() -> None:
+    before = running_tasks()
+    mesh = FakeMesh()
+    with pytest.raises(ServiceFailedError):
+        async with open_service(Counter, num_replicas=2, mesh=mesh, max_restarts=0, **FAST):
+            mesh.crash(0)
+            mesh.crash(1)
+            await anyio.sleep_forever()
+    assert running_tasks() == before
+
+
+async def test_startup_failure_exit_leaves_nothing_running() -> None:
+    before = running_tasks()
+    mesh = FakeMesh()
+    mesh.fail_spawns(1, 1)
+    with pytest.raises(ServiceFailedError, match="replica 1 failed to start") as info:
+        async with open_service(Counter, num_replicas=3, mesh=mesh):
+            pass  # pragma: no cover
+    assert "injected" in str(info.value.__cause__)
+    assert running_tasks() == before
+
+
+async def test_exit_while_a_replica_is_being_respawned() -> None:
+    before = running_tasks()
+    mesh = FakeMesh(spawn_delay=0.0)
+    async with open_service(Counter, num_replicas=2, mesh=mesh, **FAST) as svc:
+        mesh.spawn_delay = 10.0  # the respawn will hang in spawn
+        mesh.crash(0)
+        await wait_for(lambda: mesh.spawn_count(0) == 2)
+    assert running_tasks() == before
+    assert all(r.state is ReplicaState.STOPPED for r in svc.replicas)
+
+
+async def test_shutdown_is_idempotent_and_stop_is_an_alias() -> None:
+    async with open_service(Counter, num_replicas=1, mesh=FakeMesh()) as svc:
+        await svc.shutdown()
+        await svc.stop()
+        with pytest.raises(ServiceClosedError):
+            await svc.value.route()
+        assert svc.replicas[0].state is ReplicaState.STOPPED
+
+
+async def test_restart_backoff_doubles_and_budget_counts_failed_spawns() -> None:
+    mesh = FakeMesh(seed=3)
+    async with open_service(
+        Counter, num_replicas=2, mesh=mesh, max_restarts=3, restart_window=60.0,
+        health_poll_rate=0.01, health_timeout=0.05, restart_backoff=0.02,
+    ) as svc:  # fmt: skip
+        mesh.fail_spawns(0, 2)
+        t0 = anyio.current_time()
+        mesh.crash(0)
+        await wait_for(lambda: svc.replicas[0].healthy and svc.replicas[0].restarts == 3)
+        elapsed = anyio.current_time() - t0
+        # delays 0.02, 0.04, 0.08, each jittered by U(0.5, 1): between 0.07 and 0.14 s
+        assert 0.07 <= elapsed < 1.0
+        assert mesh.spawn_count(0) == 4
+        mesh.crash(0)  # budget: 3 restarts in the window already used
+        await wait_for(lambda: svc.replicas[0].state is ReplicaState.FAILED)
+        await wait_for(lambda: mesh.spawn_count(0) == 4)
+        assert svc.statistics().restarts == 3
+
+
+async def test_restart_replica_is_the_hard_cancel() -> None:
+    mesh = FakeMesh()
+    async with open_service(Counter, num_replicas=1, mesh=mesh, **FAST) as svc:
+        old = mesh.actor(0)
+        async with anyio.create_task_group() as tg:
+            results: list[float] = []
+
+            async def long_call() -> None:
+                results.append(await svc.nap.route(0.05))
+
+            tg.start_soon(long_call)
+            await wait_for(lambda: svc.replicas[0].active_requests == 1)
+            await svc.restart_replica(0)
+            assert mesh.actor(0) is not old
+        assert results == [0.05]  # interrupted, then retried on the new incarnation
+        assert svc.replicas[0].restarts == 1
+        with pytest.raises(ValueError, match="no replica"):
+            await svc.restart_replica(9)
+
+
+async def test_scale_up_and_down() -> None:
+    mesh = FakeMesh()
+    async with open_service(Counter, num_replicas=2, mesh=mesh) as svc:
+        await svc.scale_to(4)
+        assert [r.idx for r in svc.replicas] == [0, 1, 2, 3]
+        assert all(r.healthy for r in svc.replicas)
+        assert len(await svc.value.fanout()) == 4
+        async with svc.session():
+            for _ in range(4):
+                await svc.incr.route()
+            await svc.scale_to(1)
+            assert await svc.value.route() in (0, 4)
+        assert [r.idx for r in svc.replicas] == [0]
+        stats = svc.statistics()
+        assert stats.scaling_events == 2
+        assert stats.total_replicas == 1
+        with pytest.raises(ValueError):
+            await svc.scale_to(0)
+
+
+async def test_autoscaler_follows_load() -> None:
+    mesh = FakeMesh()
+    async with open_service(
+        Counter, num_replicas=1, mesh=mesh, min_replicas=1, max_replicas=3,
+        target_ongoing_requests=1, upscale_delay=0.0, downscale_delay=0.05,
+        health_poll_rate=0.01,
+    ) as svc:  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(svc.nap.route, 0.3)
+            await wait_for(lambda: len(svc.replicas) == 3, timeout=5)
+        await wait_for(lambda: len(svc.replicas) == 1, timeout=5)
+        assert svc.statistics().scaling_events >= 2
+
+
+async def test_outside_caller_after_escalation_gets_no_healthy() -> None:
+    mesh = FakeMesh(interrupt_first_calls=True)
+    errors: list[BaseException] = []
+    async with anyio.create_task_group() as outer:
+        with pytest.raises(ServiceFailedError):
+            async with open_service(
+                Counter, num_replicas=1, mesh=mesh, max_restarts=0, **FAST
+            ) as svc:
+
+                async def outside() -> None:
+                    try:
+                        await svc.nap.route(10.0)
+                    except (NoHealthyReplicasError, ServiceClosedError) as exc:
+                        errors.append(exc)
+
+                outer.start_soon(outside)
+                await wait_for(lambda: svc.replicas[0].active_requests == 1)
+                mesh.crash(0)
+                await anyio.sleep_forever()
+    assert len(errors) == 1

@@ -1,0 +1,89 @@
+"""Metrics: keys, counts, time-windowed rates (never sample-capped)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from forge_sc import open_service
+from forge_sc._metrics import Recorder, percentile
+from forge_sc.testing import FakeMesh
+
+from .actors import Counter
+from .conftest import wait_for
+
+pytestmark = pytest.mark.anyio
+
+SERVICE_KEYS = {
+    "total_sessions", "healthy_replicas", "total_replicas", "total_request_rate",
+    "avg_queue_depth", "avg_capacity_utilization", "sessions_per_replica",
+}  # fmt: skip
+REPLICA_KEYS = {
+    "total_requests", "successful_requests", "failed_requests", "request_rate",
+    "avg_latency", "active_requests", "queue_depth", "assigned_sessions",
+    "capacity_utilization",
+}  # fmt: skip
+
+
+async def test_summary_has_torchforge_keys_and_counts() -> None:
+    async with open_service(Counter, num_replicas=2, mesh=FakeMesh()) as svc:
+        for _ in range(10):
+            await svc.incr.route()
+        for _ in range(3):
+            with pytest.raises(KeyError):
+                await svc.boom.route()
+        sid = await svc.start_session()
+        await svc.incr.route(sess_id=sid)
+        summary = svc.get_metrics_summary()
+        assert set(summary["service"]) >= SERVICE_KEYS
+        assert set(summary["replicas"]) == {0, 1}
+        for rep in summary["replicas"].values():
+            assert set(rep) >= REPLICA_KEYS
+        assert summary["service"]["total_sessions"] == 1
+        assert summary["service"]["sessions_per_replica"] == 0.5
+        assert summary["service"]["healthy_replicas"] == 2
+        stats = svc.get_metrics()
+        assert stats.total_requests == 14
+        assert stats.successful_requests == 11
+        assert stats.failed_requests == 3
+        assert sum(r.total_requests for r in stats.replicas) == 14
+        assert stats.active_requests == 0
+        assert stats.p50_latency > 0 and stats.p99_latency >= stats.p50_latency
+
+
+async def test_request_rate_is_not_capped() -> None:
+    # TorchForge's sample-capped rate topped out near 1.7 req/s (~100/min).
+    async with open_service(Counter, num_replicas=2, mesh=FakeMesh()) as svc:
+        for _ in range(2000):
+            await svc.value.route()
+        stats = svc.statistics()
+        assert stats.request_rate * 60 > 100 * 10  # far above 100 requests per minute
+        assert sum(r.request_rate for r in stats.replicas) == pytest.approx(stats.request_rate)
+        assert svc.get_metrics_summary()["service"]["total_request_rate"] * 60 > 1000
+
+
+async def test_active_requests_and_capacity_utilization() -> None:
+    async with open_service(
+        Counter, num_replicas=1, mesh=FakeMesh(), replica_max_concurrent_requests=4
+    ) as svc:
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(svc.nap.route, 0.2)
+            await wait_for(lambda: svc.statistics().active_requests == 2)
+            stats = svc.statistics()
+            assert stats.replicas[0].capacity_utilization == 0.5
+            assert stats.capacity_utilization == 0.5
+
+
+def test_recorder_windows_by_time_not_by_samples() -> None:
+    r = Recorder()
+    for i in range(100_000):
+        r.record(1000.0 + i * 1e-4, 0.001, True)  # 100k requests over 10 s
+    assert r.completed_in_window(1010.0) == 100_000
+    # 61 s later, none of them is in the window any more
+    assert r.completed_in_window(1071.5) == 0
+    assert r.total == 100_000
+    hist: dict[int, int] = {}
+    n, total = r.window_histogram(1010.0, hist)
+    assert n == 100_000 and total == pytest.approx(100.0)
+    assert percentile(hist, 0.5) == pytest.approx(0.001, rel=0.03)  # 5% buckets
