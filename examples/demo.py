@@ -46,7 +46,9 @@ class TinyModel(ForgeActor):
         return [self._forward(x) for x in xs]
 
 
-async def traffic(svc: Any, stop: anyio.Event, counts: dict[str, int], latencies: list[float]) -> None:
+async def traffic(
+    svc: Any, stop: anyio.Event, counts: dict[str, int], latencies: list[float]
+) -> None:
     rng = random.Random()
     while not stop.is_set():
         x = [rng.uniform(-1, 1) for _ in range(8)]
@@ -140,7 +142,9 @@ async def main(mesh_kind: str, seconds: float, callers: int) -> int:
 BACKEND = "asyncio"
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--mesh", choices=["monarch", "fake"], default="monarch")
     parser.add_argument("--seconds", type=float, default=6.0)

@@ -7,7 +7,7 @@ from collections import deque
 
 import anyio
 
-__all__ = ["Waiter", "WaitQueue"]
+__all__ = ["WaitQueue", "Waiter"]
 
 
 class Waiter:
@@ -25,38 +25,29 @@ class Waiter:
         self.event.set()
 
 
-class WaitQueue:
+class WaitQueue(deque[Waiter]):
     """A deque of waiters with wake-one (a slot freed) and wake-all (the set of
-    usable replicas changed)."""
+    usable replicas changed). A ``deque`` subclass so that the hot path's "is anyone
+    waiting?" is a C-level truth test."""
 
-    __slots__ = ("_q",)
-
-    def __init__(self) -> None:
-        self._q: deque[Waiter] = deque()
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def __bool__(self) -> bool:
-        return bool(self._q)
+    __slots__ = ()
 
     def push(self, waiter: Waiter, *, front: bool = False) -> None:
         if front:
-            self._q.appendleft(waiter)
+            self.appendleft(waiter)
         else:
-            self._q.append(waiter)
+            self.append(waiter)
 
     def discard(self, waiter: Waiter) -> None:
         with contextlib.suppress(ValueError):  # already popped by a wake-up
-            self._q.remove(waiter)
+            self.remove(waiter)
 
     def wake_one(self) -> bool:
-        if self._q:
-            self._q.popleft().wake()
+        if self:
+            self.popleft().wake()
             return True
         return False
 
     def wake_all(self) -> None:
-        q = self._q
-        while q:
-            q.popleft().wake()
+        while self:
+            self.popleft().wake()

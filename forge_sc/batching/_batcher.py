@@ -109,6 +109,8 @@ class Batcher:
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Add one call to the next batch and wait for its own result."""
         svc = self._svc
+        if svc._closing or svc._failed:
+            svc._check_open()
         item = _Item(args, kwargs, anyio.current_time())
         svc._inflight += 1
         try:

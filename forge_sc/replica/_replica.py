@@ -50,12 +50,14 @@ class _Owner:
 class Incarnation:
     """One spawn of a replica: its mesh handle, its in-flight count, its death."""
 
-    __slots__ = ("active", "dead", "handle", "owner", "reason", "replica")
+    __slots__ = ("active", "call", "dead", "handle", "owner", "reason", "replica")
 
     def __init__(self, owner: Any, replica: Replica) -> None:
         self.owner = owner
         self.replica = replica
         self.handle: MeshReplica | None = None
+        #: ``handle.call``, bound once (the hot path awaits it directly).
+        self.call: Any = None
         self.active = 0
         self.dead = anyio.Event()
         self.reason: BaseException | None = None

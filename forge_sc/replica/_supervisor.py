@@ -97,6 +97,7 @@ async def _serve(
     host: SupervisorHost, replica: Replica, inc: Incarnation, handle: MeshReplica
 ) -> None:
     inc.handle = handle
+    inc.call = handle.call
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_poll_health, host._config, inc, handle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._context import CURRENT_SESSIONS
@@ -37,16 +38,20 @@ class ServiceEndpoint:
     def name(self) -> str:
         return self._spec.name
 
-    async def route(self, *args: Any, sess_id: str | None = None, **kwargs: Any) -> Any:
-        """Run the endpoint on one replica and return its result.
+    def route(
+        self, *args: Any, sess_id: str | None = None, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
+        """Run the endpoint on one replica: ``result = await svc.ep.route(...)``.
 
         Inside ``async with svc.session()`` (or with ``sess_id=``) the request goes
         to the session's replica. Raises the endpoint's own exception, or a
         :mod:`forge_sc.errors` exception (see the semantics table in the docs).
+
+        (A plain function returning the request's coroutine, rather than an ``async
+        def`` wrapping it: one coroutine frame less for every resume of every
+        request.)
         """
         svc = self._svc
-        if svc._closing or svc._failed:
-            svc._check_open()
         if sess_id is None:
             current = CURRENT_SESSIONS.get(None)
             if current is not None:
@@ -57,9 +62,9 @@ class ServiceEndpoint:
                 batcher = self._batcher
                 if batcher is None:
                     batcher = self._batcher = svc._batchers[spec.name]
-                return await batcher.submit(args, kwargs)
-            return await _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
-        return await svc._request(spec, self.router, args, kwargs, sess_id)
+                return batcher.submit(args, kwargs)  # type: ignore[no-any-return]
+            return _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
+        return svc._request(spec, self.router, args, kwargs, sess_id)
 
     async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
         """Run the endpoint on every replica healthy now, concurrently; return the

@@ -324,6 +324,8 @@ class Service:
 
         ``also`` (a batcher's) records the outcome too, with the same figures.
         """
+        if self._closing or self._failed:
+            self._check_open()
         t0 = clock()
         self._inflight += 1
         attempts = 0
@@ -344,13 +346,12 @@ class Service:
                 else:
                     replica, waited = await self._session_replica(sess_id, waited)
                 inc = replica._inc
-                assert inc is not None and inc.handle is not None
-                inc.active += 1
+                inc.active += 1  # type: ignore[union-attr]
                 if inc.active >= self._cap:
                     self._dirty = True
                 attempts += 1
                 try:
-                    result = await inc.handle.call(spec.name, args, kwargs)
+                    result = await inc.call(spec.name, args, kwargs)  # type: ignore[union-attr]
                 except ReplicaGone as exc:
                     self._release(replica, inc)
                     inc.die(exc)
@@ -385,7 +386,11 @@ class Service:
                             also.record(now, now - t0, False)
                         counted = True
                     raise
-                self._release(replica, inc)
+                inc.active -= 1  # type: ignore[union-attr]  # (_release, inlined)
+                if inc.active == self._cap - 1:  # type: ignore[union-attr]
+                    self._dirty = True
+                if self._waiters or replica._waiters:
+                    self.slot_freed(replica)
                 now = clock()
                 replica._rec.record(now, now - t0, True)
                 if also is not None:
