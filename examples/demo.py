@@ -17,10 +17,10 @@ import sys
 import time
 from typing import Any
 
-# forge_sc sets Monarch's supervision poll interval before Monarch loads: import it first.
-import forge_sc  # noqa: I001
 import anyio
 
+# forge_sc sets Monarch's supervision poll interval as it loads Monarch: import
+# forge_sc before anything that imports monarch.
 from forge_sc import ForgeActor, LeastLoadedRouter, endpoint, open_service, service_endpoint
 from forge_sc.errors import ServiceError
 
@@ -107,7 +107,6 @@ async def main(mesh_kind: str, seconds: float, callers: int) -> int:
                     f"[{states}]"
                 )
             stop.set()
-        await anyio.sleep(0)
         new_pids = await svc.pid.fanout()
         summary = svc.get_metrics_summary()
         stats = svc.statistics()

@@ -26,8 +26,10 @@ async def autoscale(svc: Service) -> None:
     low, high = config.effective_min_replicas, config.max_replicas
     since: float | None = None
     direction = 0
-    while not svc._closing:
+    while True:
         await anyio.sleep(config.health_poll_rate)
+        if svc._closing:
+            return
         current = len(svc._replicas)
         want = desired_replicas(svc._inflight, config.target_ongoing_requests, low, high)
         step = (want > current) - (want < current)

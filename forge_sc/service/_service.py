@@ -813,6 +813,8 @@ class Service:
         if self._itg is not None:
             self._itg.cancel_scope.cancel()
             await self._closed.wait()
+        else:  # never started: nothing to stop
+            self._closed.set()
 
 
 class _Moved(Exception):
