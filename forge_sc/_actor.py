@@ -18,6 +18,7 @@ from .routing import RoundRobinRouter
 from .service._endpoints import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
 
 if TYPE_CHECKING:
+    from .mesh.compat import HostedService
     from .service import Service
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
@@ -114,7 +115,7 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
         return ConfiguredActor(cls, options)
 
     @classmethod
-    async def as_service(cls, *args: Any, **kwargs: Any) -> Service:
+    async def as_service(cls, *args: Any, **kwargs: Any) -> HostedService:
         """Start a service with default options (see :meth:`ConfiguredActor.as_service`)."""
         return await ConfiguredActor(cls, {}).as_service(*args, **kwargs)
 
@@ -155,7 +156,7 @@ class ConfiguredActor:
     def options(self, **options: Any) -> ConfiguredActor:
         return ConfiguredActor(self.actor_cls, {**self.options_, **options})
 
-    async def as_service(self, *args: Any, **kwargs: Any) -> Service:
+    async def as_service(self, *args: Any, **kwargs: Any) -> HostedService:
         """Start a service and return its handle; stop it with ``await svc.shutdown()``.
 
         The service's task group lives in a dedicated host (see
@@ -163,8 +164,7 @@ class ConfiguredActor:
         """
         from .mesh.compat import start_hosted_service
 
-        service: Service = await start_hosted_service(self, args, kwargs)
-        return service
+        return await start_hosted_service(self, args, kwargs)
 
     async def as_actor(self, *args: Any, **kwargs: Any) -> Any:
         """Spawn the actor on ``procs`` new processes and return the Monarch actor mesh."""

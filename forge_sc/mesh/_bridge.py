@@ -130,9 +130,7 @@ def _settle_asyncio(waiter: asyncio.Future[Any], done: asyncio.Future[Any]) -> N
 
 
 def _call_abandoned(on_abandoned: Callable[[], None], done: asyncio.Future[Any]) -> None:
-    if not done.cancelled():
-        done.exception()  # mark retrieved
-    on_abandoned()
+    on_abandoned()  # ``done`` was read by _settle_asyncio
 
 
 async def _wait_asyncio(
@@ -149,8 +147,8 @@ async def _wait_asyncio(
     try:
         return await waiter
     except asyncio.CancelledError:
-        if waiter.done() and not waiter.cancelled():
-            waiter.exception()  # settled in the same tick as the cancel: mark retrieved
+        # (A waiter settled in the same tick as the cancel was already read by the
+        # task's wake-up: asyncio's Task.__wakeup calls result() before cancelling.)
         if on_abandoned is not None:
             if done.done():
                 loop.call_soon(_call_abandoned, on_abandoned, done)
@@ -265,6 +263,7 @@ async def _wait_trio(
 
     def abort(_: Any) -> trio.lowlevel.Abort:
         # The remote call goes on; its outcome now settles the abandonment instead.
+        w.task = None
         w.abandoned = True
         return trio.lowlevel.Abort.SUCCEEDED
 

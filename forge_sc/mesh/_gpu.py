@@ -95,6 +95,8 @@ class GpuPool:
 
     def release(self, gpus: Sequence[str]) -> None:
         """Give GPUs back (idempotent per GPU)."""
+        if not gpus:
+            return  # and never trigger detection (a torch import) for nothing
         with self._lock:
             order = {d: i for i, d in enumerate(self._known())}
             for gpu in gpus:

@@ -345,13 +345,14 @@ class Service:
                         replica, waited = await self._wait_for_slot(router, waited)
                 else:
                     replica, waited = await self._session_replica(sess_id, waited)
-                inc = replica._inc
-                inc.active += 1  # type: ignore[union-attr]
+                # A replica in the available set always has a live incarnation.
+                inc: Incarnation = replica._inc  # type: ignore[assignment]
+                inc.active += 1
                 if inc.active >= self._cap:
                     self._dirty = True
                 attempts += 1
                 try:
-                    result = await inc.call(spec.name, args, kwargs)  # type: ignore[union-attr]
+                    result = await inc.call(spec.name, args, kwargs)
                 except ReplicaGone as exc:
                     self._release(replica, inc)
                     inc.die(exc)
@@ -374,8 +375,10 @@ class Service:
                     self._retries += 1
                     continue
                 except BaseException as exc:
+                    handle = inc.handle
                     if not (
-                        inc.handle.detaches_on_cancel
+                        handle is not None
+                        and handle.detaches_on_cancel
                         and isinstance(exc, anyio.get_cancelled_exc_class())
                     ):
                         self._release(replica, inc)
@@ -386,8 +389,8 @@ class Service:
                             also.record(now, now - t0, False)
                         counted = True
                     raise
-                inc.active -= 1  # type: ignore[union-attr]  # (_release, inlined)
-                if inc.active == self._cap - 1:  # type: ignore[union-attr]
+                inc.active -= 1  # (_release, inlined)
+                if inc.active == self._cap - 1:
                     self._dirty = True
                 if self._waiters or replica._waiters:
                     self.slot_freed(replica)

@@ -9,11 +9,12 @@ import gc
 import inspect
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
 import pytest
+import sniffio
 
 from forge_sc.mesh import ReplicaGone
 from forge_sc.mesh._bridge import CallGroup, loop_poster, pending_relays, wait
@@ -23,7 +24,7 @@ from ..conftest import wait_for
 from ._support import spawn
 from .monarch_actors import BoomError, Worker
 
-pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
+pytestmark = [pytest.mark.monarch]
 
 
 @pytest.fixture
@@ -87,6 +88,7 @@ def test_private_monarch_api_is_still_there() -> None:
     assert {"mesh_name", "report"} <= set(dir(monarch.actor.MeshFailure))
 
 
+@pytest.mark.anyio
 async def test_wait_round_trip(actor: Any) -> None:
     assert await wait(actor.value.call_one()) == 3
     assert await wait(actor.echo.call_one(None)) is None
@@ -98,56 +100,69 @@ async def test_wait_round_trip(actor: Any) -> None:
     assert pending_relays() == 0
 
 
-async def test_cancelled_waits_settle_once_on_the_loop_thread(actor: Any) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_cancelled_waits_settle_once_on_the_loop_thread(backend: str) -> None:
     """Cancel waits at many points around their completion: a late result must never
-    wake a cancelled task (on trio that crashes the run), and every abandoned call
-    reports its settlement exactly once, on the event loop thread."""
-    loop_thread = threading.get_ident()
+    wake a cancelled task, and every abandoned call reports its settlement exactly
+    once, on the event loop thread.
+
+    A run of its own (not the anyio plugin's): on trio, waking a cancelled task
+    crashes the run with ``TrioInternalError``, which must fail here, not hang.
+    """
     settled: list[int] = []
-    cancelled = 0
-    answered = 0
-    all_settled = anyio.Event()
+    counts = {"cancelled": 0, "answered": 0}
+
+    async def storm() -> None:
+        mesh = MonarchMesh()
+        replica = await spawn(mesh, Worker)
+        try:
+            actor = replica._actor
+
+            async def one(delay: float) -> None:
+                with anyio.move_on_after(delay) as scope:
+                    await wait(actor.echo.call_one(1), None, on_abandoned)
+                    counts["answered"] += 1
+                if scope.cancelled_caught:
+                    counts["cancelled"] += 1
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(120):
+                        tg.start_soon(one, i * 0.001)
+                await wait_for(lambda: len(settled) >= counts["cancelled"])
+        finally:
+            await replica.stop()
 
     def on_abandoned() -> None:
         settled.append(threading.get_ident())
-        if len(settled) == cancelled and finished:
-            all_settled.set()
 
-    finished = False
-
-    async def one(delay: float) -> None:
-        nonlocal cancelled, answered
-        with anyio.move_on_after(delay) as scope:
-            await wait(actor.echo.call_one(1), None, on_abandoned)
-            answered += 1
-        if scope.cancelled_caught:
-            cancelled += 1
-
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            for i in range(120):
-                tg.start_soon(one, i * 0.001)
-        finished = True
-        if len(settled) < cancelled:
-            await all_settled.wait()
-    assert cancelled > 0 and answered > 0
-    assert len(settled) == cancelled
-    assert set(settled) == {loop_thread}
+    anyio.run(storm, backend=backend)
+    assert counts["cancelled"] > 0 and counts["answered"] > 0
+    assert len(settled) == counts["cancelled"]
+    assert set(settled) == {threading.get_ident()}
     assert pending_relays() == 0
 
 
-async def test_abandoned_failures_are_retrieved(actor: Any, unretrieved: list[str]) -> None:
+@pytest.mark.anyio
+@pytest.mark.parametrize("with_callback", [True, False])
+async def test_abandoned_failures_are_retrieved(
+    actor: Any, unretrieved: list[str], with_callback: bool
+) -> None:
     await _watch_unretrieved(unretrieved)
     done = anyio.Event()
     with anyio.move_on_after(0.02):
-        await wait(actor.fail.call_one("late", 0.2), None, done.set)
-    with anyio.fail_after(10):
-        await done.wait()
+        await wait(actor.fail.call_one("late", 0.2), None, done.set if with_callback else None)
+    # The actor's mailbox is serial: this answer comes after the failure settled.
+    assert await wait(actor.value.call_one()) == 3
+    if with_callback:
+        with anyio.fail_after(10):
+            await done.wait()
     gc.collect()
     await anyio.lowlevel.checkpoint()  # let asyncio run the reports gc scheduled
     assert unretrieved == []
 
 
+@pytest.mark.anyio
 async def test_group_close_interrupts_every_wait(actor: Any) -> None:
     group = CallGroup()
     failures: list[BaseException] = []
@@ -171,30 +186,41 @@ async def test_group_close_interrupts_every_wait(actor: Any) -> None:
         await wait(fut, group)  # refused before anything is sent
 
 
+@pytest.mark.anyio
 async def test_close_and_cancel_in_the_same_tick(actor: Any, unretrieved: list[str]) -> None:
     """The group's error and the caller's cancellation land together: either may win,
-    but nothing is lost, crashes, or is left unretrieved."""
+    but nothing is lost, crashes, or is left unretrieved. On asyncio the cancel is a
+    native ``Task.cancel()`` (anyio's own scopes avoid this interleaving)."""
     await _watch_unretrieved(unretrieved)
     group = CallGroup()
     settled = anyio.Event()
     outcome: list[str] = []
+    tasks: list[Any] = []
+    scope = anyio.CancelScope()
 
-    async def one(scope: anyio.CancelScope) -> None:
+    async def one() -> None:
+        if sniffio.current_async_library() == "asyncio":
+            tasks.append(asyncio.current_task())
         with scope:
             try:
                 await wait(actor.nap.call_one(0.3), group, settled.set)
             except ReplicaGone:
                 outcome.append("gone")
-                return
-        outcome.append("cancelled" if scope.cancelled_caught else "??")
+            except asyncio.CancelledError:
+                cast(asyncio.Task[Any], asyncio.current_task()).uncancel()
+                outcome.append("cancelled")
+        if scope.cancelled_caught:
+            outcome.append("cancelled")
 
-    scope = anyio.CancelScope()
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(one, scope)
+            tg.start_soon(one)
             await wait_for(lambda: len(group) == 1)
             group.close(lambda: ReplicaGone("closed"))
-            scope.cancel()
+            if tasks:
+                tasks[0].cancel()
+            else:
+                scope.cancel()
         if outcome == ["cancelled"]:
             await settled.wait()  # abandoned: settles once the nap ends
     assert outcome in (["gone"], ["cancelled"])

@@ -258,9 +258,13 @@ async def test_unimportable_module_is_a_clear_spawn_error(
     assert "PYTHONPATH" in message
 
 
-async def test_constructor_arguments_are_checked_in_the_parent(mesh: MonarchMesh) -> None:
-    with pytest.raises(TypeError):
+async def test_constructor_arguments_are_checked_before_any_process(mesh: MonarchMesh) -> None:
+    before = live_descendants()
+    with pytest.raises(TypeError, match=r"Worker\(\) cannot take these arguments"):
         await spawn(mesh, Worker, 1, 2, 3)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        await spawn(mesh, Worker, kwargs={"nope": 1})
+    assert live_descendants() == before
 
 
 async def test_gpus_are_disjoint_and_released() -> None:

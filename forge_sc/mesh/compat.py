@@ -1,0 +1,327 @@
+"""TorchForge-compatible entry points: ``as_actor``, ``as_service``, ``shutdown``.
+
+``await Counter.options(procs=1).as_actor(5)`` spawns a plain Monarch actor mesh on new
+processes (through :class:`~forge_sc.mesh.monarch.MonarchMesh`, so the import path,
+readiness, GPUs and spawn errors behave as for a replica); ``await
+Counter.shutdown(actor)`` stops those processes. The mesh is Monarch's own object:
+``await actor.value.choose()`` needs an asyncio loop, as in Monarch.
+
+``svc = await Counter.options(num_replicas=2).as_service(5)`` returns a service with
+no ``async with`` around it. A service must be owned by a task group, so this one
+lives in a host of its own: an anyio blocking portal (a dedicated thread running an
+asyncio loop) that enters ``open_service(...)`` and stays in it until ``await
+svc.shutdown()``. The handle forwards ``route``, ``fanout`` and the rest from the
+caller's loop (asyncio or trio) to that thread; a cancelled caller cancels its
+request there. Prefer ``async with open_service(...)``: it needs no extra thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from concurrent.futures import Future as ConcurrentFuture
+from contextvars import ContextVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import outcome
+import trio
+
+from ..errors import ServiceClosedError
+from ._protocol import SpawnSpec
+from .monarch import MonarchMesh, MonarchReplica
+
+if TYPE_CHECKING:
+    from .._actor import ConfiguredActor
+    from ..service import Service
+    from ..service._handle import ServiceEndpoint
+
+__all__ = ["HostedService", "shutdown_actor", "spawn_actor", "start_hosted_service"]
+
+T = TypeVar("T")
+
+_REPLICA_ATTR = "_forge_sc_replica"
+
+
+# ---------------------------------------------------------------- as_actor
+
+
+async def spawn_actor(configured: ConfiguredActor, args: tuple[Any, ...], kwargs: Any) -> Any:
+    """Spawn ``configured.actor_cls(*args, **kwargs)`` on ``procs`` new processes
+    (``hosts``, ``with_gpus`` honoured) and return Monarch's actor mesh, once the
+    actor is constructed. Stop it with :func:`shutdown_actor`."""
+    from .._config import ServiceConfig
+
+    config = ServiceConfig(**configured.options_)
+    spec = SpawnSpec(
+        idx=0,
+        actor_cls=configured.actor_cls,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        procs=config.procs,
+        hosts=config.hosts,
+        with_gpus=config.with_gpus,
+    )
+    replica = await MonarchMesh().spawn(spec)
+    actor = replica._actor
+    setattr(actor, _REPLICA_ATTR, replica)
+    return actor
+
+
+async def shutdown_actor(actor: Any) -> None:
+    """Stop an actor mesh made by :func:`spawn_actor` and its processes (idempotent)."""
+    replica = getattr(actor, _REPLICA_ATTR, None)
+    if not isinstance(replica, MonarchReplica):
+        raise TypeError(f"{actor!r} was not made by as_actor(); it cannot be shut down here")
+    await replica.stop()
+
+
+# ---------------------------------------------------------------- as_service
+
+#: HostedService -> session id of ``async with svc.session()``, in the caller's context
+#: (the requests themselves run in the host's thread, where that context is not).
+_HOSTED_SESSIONS: ContextVar[Mapping[HostedService, str]] = ContextVar("forge_sc_hosted")
+
+
+async def start_hosted_service(
+    configured: ConfiguredActor, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> HostedService:
+    """Start ``open_service(configured, *args, **kwargs)`` in a host thread of its own
+    and return its handle once every replica is healthy. Errors (bad configuration,
+    ``ServiceFailedError``) are raised here and leave nothing running."""
+    host = _ServiceHost()
+    # Shielded: if the caller is cancelled meanwhile, the host is stopped below.
+    with anyio.CancelScope(shield=True):
+        svc = await anyio.to_thread.run_sync(host.start, configured, args, kwargs)
+    handle = HostedService(host, svc)
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await handle.shutdown()
+        raise
+    return handle
+
+
+class _ServiceHost:
+    """The thread and loop that own one hosted service's task group."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.portal: anyio.from_thread.BlockingPortal | None = None
+
+    def start(
+        self, configured: ConfiguredActor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Service:
+        """Worker thread: start the portal, then enter the service inside it."""
+        from .._open import open_service
+
+        try:
+            portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal("asyncio"))
+            self.portal = portal
+            # Built inside the portal: the service's primitives belong to its loop.
+            scope = portal.call(partial(open_service, configured, *args, **kwargs))
+            svc: Service = self._stack.enter_context(portal.wrap_async_context_manager(scope))
+        except BaseException:
+            self._stack.close()
+            raise
+        _live_hosts.add(self)
+        return svc
+
+    def close(self) -> None:
+        """Worker thread: leave the service (graceful drain), then stop the portal."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _live_hosts.discard(self)
+        self._stack.close()
+
+    def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> ConcurrentFuture[T]:
+        portal = self.portal
+        if portal is None or self._closed:
+            raise ServiceClosedError("the service was shut down; start a new one")
+        try:
+            return portal.start_task_soon(fn)
+        except RuntimeError as exc:  # the portal is no longer running
+            raise ServiceClosedError("the service was shut down; start a new one") from exc
+
+    def call_sync(self, fn: Callable[[], T]) -> T:
+        portal = self.portal
+        if portal is None or self._closed:
+            raise ServiceClosedError("the service was shut down; start a new one")
+        return portal.call(fn)
+
+
+_live_hosts: weakref.WeakSet[_ServiceHost] = weakref.WeakSet()
+
+
+def _close_forgotten_hosts() -> None:
+    # A portal thread never shut down would keep the interpreter from exiting.
+    for host in list(_live_hosts):
+        host.close()
+
+
+# Runs before the interpreter joins its worker threads (plain atexit runs after).
+getattr(threading, "_register_atexit", lambda fn: None)(_close_forgotten_hosts)
+
+
+async def _await_future(cf: ConcurrentFuture[T]) -> T:
+    """Await a future of the host's thread from the caller's loop; cancelling the
+    caller cancels the task behind it."""
+    if not trio.lowlevel.in_trio_run():
+        return await asyncio.wrap_future(cf)
+    token = trio.lowlevel.current_trio_token()
+    box: list[trio.lowlevel.Task | None] = [trio.lowlevel.current_task()]
+
+    def wake() -> None:
+        task = box[0]
+        if task is not None:  # None: the wait was aborted
+            box[0] = None
+            trio.lowlevel.reschedule(task, outcome.capture(cf.result))
+
+    def on_done(_: ConcurrentFuture[T]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(wake)
+
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        if cf.cancel():  # still running there: the host cancels it
+            box[0] = None
+            return trio.lowlevel.Abort.SUCCEEDED
+        return trio.lowlevel.Abort.FAILED  # finished: its outcome is on its way
+
+    cf.add_done_callback(on_done)
+    value: T = await trio.lowlevel.wait_task_rescheduled(abort)
+    return value
+
+
+class HostedEndpoint:
+    """``svc.<endpoint>`` of a hosted service: ``route`` and ``fanout``."""
+
+    __slots__ = ("_ep", "_owner")
+
+    def __init__(self, owner: HostedService, ep: ServiceEndpoint) -> None:
+        self._owner = owner
+        self._ep = ep
+
+    def __repr__(self) -> str:
+        return f"<HostedEndpoint {self._ep.name}>"
+
+    @property
+    def name(self) -> str:
+        return str(self._ep.name)
+
+    async def route(self, *args: Any, sess_id: str | None = None, **kwargs: Any) -> Any:
+        """As :meth:`ServiceEndpoint.route`, run in the service's host thread."""
+        if sess_id is None:
+            sess_id = _HOSTED_SESSIONS.get({}).get(self._owner)
+        return await self._owner._run(partial(self._ep.route, *args, sess_id=sess_id, **kwargs))
+
+    async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """As :meth:`ServiceEndpoint.fanout`, run in the service's host thread."""
+        result: list[Any] = await self._owner._run(partial(self._ep.fanout, *args, **kwargs))
+        return result
+
+    def call(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._ep.call(*args, **kwargs)
+
+    def call_one(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._ep.call_one(*args, **kwargs)
+
+    def choose(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._ep.choose(*args, **kwargs)
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._ep.broadcast(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._ep.generate(*args, **kwargs)
+
+
+class HostedService:
+    """The handle of a service started by ``as_service``: the :class:`Service` API,
+    forwarded to the thread that hosts the service. Stop it with ``await
+    svc.shutdown()`` (or ``stop()``)."""
+
+    def __init__(self, host: _ServiceHost, svc: Service) -> None:
+        self._host = host
+        self._svc = svc
+        self._endpoints = {name: HostedEndpoint(self, ep) for name, ep in svc._endpoints.items()}
+
+    def __getattr__(self, name: str) -> HostedEndpoint:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        ep = self._endpoints.get(name)
+        if ep is None:
+            getattr(self._svc, name)  # raises the service's own AttributeError
+            raise AttributeError(name)  # pragma: no cover
+        return ep
+
+    def __repr__(self) -> str:
+        return f"<HostedService {self._svc!r}>"
+
+    async def _run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return await _await_future(self._host.submit(fn))
+
+    @property
+    def config(self) -> Any:
+        return self._svc.config
+
+    @property
+    def replicas(self) -> list[Any]:
+        return self._host.call_sync(lambda: self._svc.replicas)
+
+    async def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
+        result: list[Any] = await self._run(partial(self._svc.call_all, name, *args, **kwargs))
+        return result
+
+    async def start_session(self) -> str:
+        return await self._run(self._svc.start_session)
+
+    async def terminate_session(self, sess_id: str) -> None:
+        await self._run(partial(self._svc.terminate_session, sess_id))
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[str]:
+        """Every ``route()`` of this service inside the block goes to one replica."""
+        sid = await self.start_session()
+        token = _HOSTED_SESSIONS.set({**_HOSTED_SESSIONS.get({}), self: sid})
+        try:
+            yield sid
+        finally:
+            _HOSTED_SESSIONS.reset(token)
+            with anyio.CancelScope(shield=True):
+                await self.terminate_session(sid)
+
+    async def restart_replica(self, idx: int) -> None:
+        await self._run(partial(self._svc.restart_replica, idx))
+
+    async def scale_to(self, num_replicas: int) -> None:
+        await self._run(partial(self._svc.scale_to, num_replicas))
+
+    def statistics(self) -> Any:
+        return self._host.call_sync(self._svc.statistics)
+
+    def get_metrics(self) -> Any:
+        return self._host.call_sync(self._svc.get_metrics)
+
+    def get_metrics_summary(self) -> dict[str, Any]:
+        return self._host.call_sync(self._svc.get_metrics_summary)
+
+    async def shutdown(self) -> None:
+        """Close the service as leaving ``open_service`` does, then end its host
+        thread. Idempotent."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._host.close)
+
+    async def stop(self) -> None:
+        """Alias of :meth:`shutdown` (TorchForge's name)."""
+        await self.shutdown()

@@ -1,0 +1,117 @@
+"""End to end: open_service on real Monarch processes (the default mesh), and the
+TorchForge-compatible as_service / as_actor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import anyio
+import pytest
+
+from forge_sc import open_service
+from forge_sc.errors import ServiceClosedError, ServiceFailedError
+from forge_sc.mesh._bridge import wait
+from forge_sc.mesh.monarch import MonarchMesh, ReplicaStartError
+
+from ..conftest import wait_for
+from .monarch_actors import BadInit, BoomError, Worker
+
+pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
+
+
+async def test_route_fanout_sessions() -> None:
+    async with open_service(Worker, 5, num_replicas=2) as svc:  # MonarchMesh by default
+        assert await svc.value.route() == 5
+        pids = await svc.pid.fanout()
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+        async with svc.session():
+            first = await svc.incr.route()
+            assert [await svc.incr.route() for _ in range(3)] == [first + 1, first + 2, first + 3]
+        with pytest.raises(BoomError):
+            await svc.fail.route("nope")
+        assert svc.statistics().healthy_replicas == 2
+
+
+async def test_kill_during_traffic_loses_no_request() -> None:
+    answered = 0
+    async with open_service(
+        Worker, num_replicas=2, health_poll_rate=0.2, restart_backoff=0.05
+    ) as svc:
+        pids = await svc.pid.fanout()
+
+        async def caller() -> None:
+            nonlocal answered
+            for i in range(40):
+                assert await svc.echo.route(i) == i
+                answered += 1
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(caller)
+                await wait_for(lambda: answered >= 20)
+                os.kill(pids[0], signal.SIGKILL)
+            await wait_for(lambda: all(r.healthy for r in svc.replicas), timeout=15)
+        assert answered == 8 * 40
+        new_pids = await svc.pid.fanout()
+        assert new_pids[1] == pids[1] and new_pids[0] not in pids
+        assert svc.replicas[0].restarts == 1
+
+
+async def test_constructor_failure_fails_the_service_at_start() -> None:
+    with pytest.raises(ServiceFailedError) as info:
+        async with open_service(BadInit, "missing", num_replicas=1, mesh=MonarchMesh()):
+            pytest.fail("the body must not run")
+    cause = info.value.__cause__
+    assert isinstance(cause, ReplicaStartError)
+    assert "ValueError: bad init: missing" in str(cause)
+
+
+async def test_as_service_and_shutdown() -> None:
+    threads = threading.active_count()
+    svc = await Worker.options(num_replicas=2, procs=1).as_service(5)
+    try:
+        assert await svc.value.route() == 5
+        assert sorted(await svc.call_all("value")) == [5, 5]
+        assert len(await svc.pid.fanout()) == 2
+        async with svc.session():
+            first = await svc.incr.route()
+            assert await svc.incr.route() == first + 1
+        with pytest.raises(BoomError):
+            await svc.fail.route("x")
+        with anyio.move_on_after(0.05) as scope:  # a cancelled caller cancels its request
+            await svc.nap.route(5)
+        assert scope.cancelled_caught
+        assert svc.get_metrics_summary()["service"]["healthy_replicas"] == 2
+        assert [r.idx for r in svc.replicas] == [0, 1]
+        with pytest.raises(NotImplementedError, match="route"):
+            svc.value.call()
+        with pytest.raises(AttributeError, match="no endpoint"):
+            _ = svc.nonexistent
+    finally:
+        await svc.shutdown()
+    await svc.shutdown()  # idempotent
+    with pytest.raises(ServiceClosedError):
+        await svc.value.route()
+    assert threading.active_count() <= threads + 1  # anyio may keep one idle worker
+
+
+async def test_as_service_start_failure_leaves_nothing() -> None:
+    threads = threading.active_count()
+    with pytest.raises(ServiceFailedError):
+        await BadInit.options(num_replicas=1).as_service("x")
+    assert threading.active_count() <= threads + 1
+
+
+async def test_as_actor_and_shutdown() -> None:
+    actor = await Worker.options(procs=2).as_actor(7)
+    try:
+        values = await wait(actor.value.call())  # Monarch futures; the bridge on trio
+        assert list(values.values()) == [7, 7]
+    finally:
+        await Worker.shutdown(actor)
+    await Worker.shutdown(actor)  # idempotent
+    with pytest.raises(TypeError, match="as_actor"):
+        await Worker.shutdown(object())
