@@ -19,7 +19,6 @@ from .service._endpoints import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_sp
 
 if TYPE_CHECKING:
     from .mesh.compat import HostedService
-    from .service import Service
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
