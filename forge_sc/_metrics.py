@@ -111,6 +111,34 @@ class Recorder:
         self.latency_sum += total
         pending.clear()
 
+    def absorb(self, other: Recorder, now: float) -> None:
+        """Add ``other``'s counts and window into this one (a replica removed by
+        scaling keeps counting in the service's figures)."""
+        for rec in (self, other):
+            if now >= rec._edge:
+                rec._roll(now)
+            rec._fold()
+        self.successful += other.successful
+        self.failed += other.failed
+        self.latency_sum += other.latency_sum
+        self._sec_count += other._sec_count  # both are in the second of ``now``
+        for i, sid in enumerate(other._rate_ids):
+            if sid > self._rate_ids[i]:
+                self._rate_ids[i], self._rate[i] = sid, other._rate[i]
+            elif sid == self._rate_ids[i] and sid >= 0:
+                self._rate[i] += other._rate[i]
+        for j, hid in enumerate(other._hist_ids):
+            if hid > self._hist_ids[j]:
+                self._hist_ids[j] = hid
+                self._hist[j] = dict(other._hist[j])
+                self._lat[j] = list(other._lat[j])
+            elif hid == self._hist_ids[j] and hid >= 0:
+                h = self._hist[j]
+                for b, c in other._hist[j].items():
+                    h[b] = h.get(b, 0) + c
+                self._lat[j][0] += other._lat[j][0]
+                self._lat[j][1] += other._lat[j][1]
+
     def completed_in_window(self, now: float) -> int:
         """Completions in the last 60 s (whole 1-second slots)."""
         if now >= self._edge:

@@ -71,29 +71,6 @@ MAX_BACKGROUND = 12
 #: Spawning takes this long on the FakeMesh (so a respawn is never instantaneous).
 SPAWN_DELAY = 0.01
 
-#: WORKAROUND (reported to the lead; remove once FakeMesh is fixed): on asyncio,
-#: FakeMesh.hang() of a replica with calls in flight lets a raw
-#: ``CancelledError('forge_sc.testing: replica died')`` out of those calls when the hung
-#: replica is later stopped or crashed (the call waits for the stop while its task is
-#: still registered for interruption, and is cancelled a second time). While True, the
-#: harness hangs a replica on asyncio only when it has no request in flight, and crashes
-#: it instead otherwise.
-WORKAROUND_FAKEMESH_ASYNCIO_HANG = True
-
-#: WORKAROUND (reported to the lead; remove once fixed): ``Service.statistics()`` raises
-#: ``KeyError`` (in the batchers' latency histogram subtraction) once a replica that ran
-#: a merged batch was removed by ``scale_to``. While True, the harness skips the checks
-#: that need ``statistics()`` of a service that was scaled down when it raises so, and
-#: keeps the checks it can make through ``svc.replicas``.
-WORKAROUND_STATS_AFTER_SCALE_DOWN = True
-
-#: WORKAROUND (reported to the lead; remove once fixed): when every caller of a forming
-#: batch leaves, the batcher keeps that batch's deadline, and the next batch is sent
-#: ``batch_timeout`` after the first item of the abandoned one rather than after its own
-#: first item (so early that a caller leaving within ``batch_timeout`` is still sent).
-#: While True, ``a_cancel_batched`` lets ``batch_timeout`` pass after its previous
-#: cancelled batch before it submits the next one.
-WORKAROUND_BATCH_STALE_DEADLINE = True
 BATCH_TIMEOUT = 0.005  # Worker.batched's
 
 HEALTHY = ReplicaState.HEALTHY
@@ -188,7 +165,6 @@ class Harness:
         self.next_idx = replicas
         self.cancelled_batched: list[str] = []
         self.cancelled_runs: dict[str, int] = {}  # rid -> executions when cancelled
-        self.last_cancelled_batch = float("-inf")
         self.sessions: dict[str, Session] = {}
         self.kind_of: dict[str, str] = {}  # rid -> kind of its request
         self._rids = itertools.count()
@@ -592,18 +568,10 @@ class Harness:
         self._sessions_are(0, 0, "after A.session()")
 
     def stats(self, name: str) -> Any:
-        """``svc.statistics()``, or None where the workaround above applies."""
-        try:
-            return self.svc[name].statistics()
-        except KeyError:
-            if WORKAROUND_STATS_AFTER_SCALE_DOWN and name == "A" and self.scaled_down:
-                return None
-            raise
+        return self.svc[name].statistics()
 
     def _sessions_are(self, a: int, b: int, when: str) -> None:
         sa, sb = self.stats("A"), self.stats("B")
-        if sa is None:
-            return
         got_a = sa.active_sessions - self.model["A"].sessions
         got_b = sb.active_sessions - self.model["B"].sessions
         if (got_a, got_b) != (a, b):
@@ -647,13 +615,10 @@ class Harness:
         ):
             self.violate("batched requests did not finish")
             return
-        if WORKAROUND_BATCH_STALE_DEADLINE:
-            await anyio.sleep_until(self.last_cancelled_batch + BATCH_TIMEOUT * 1.5)
         rid = self.rid("cb")
         call = Call("batched", "A", rid)
         with anyio.move_on_after(BATCH_TIMEOUT / 5):
             await self.track(call, lambda: self.A.batched.route(rid, 0.0))
-        self.last_cancelled_batch = anyio.current_time()
         if not call.ended:
             call.outcome = "cancelled"
             self.model["A"].cancelled += 1
@@ -741,9 +706,6 @@ class Harness:
     # ------------------------------------------------------------------ faults
 
     def kill(self, idx: int, hang: bool) -> None:
-        if hang and WORKAROUND_FAKEMESH_ASYNCIO_HANG and self.backend == "asyncio":
-            r = self.replica("A", idx)
-            hang = r is not None and r.active_requests == 0
         token = self.current_token("A", idx)
         if token is not None:
             self.killed.add(token)
@@ -849,8 +811,6 @@ class Harness:
                     f"{kills}: a replica died that nothing killed"
                 )
         s = self.stats(name)
-        if s is None:
-            return
         if s.total_requests != s.successful_requests + s.failed_requests:
             bad(f"{name}: total_requests {s.total_requests} != successful + failed")
         if not m.ok <= s.successful_requests <= m.ok + w + m.cancelled:

@@ -153,21 +153,27 @@ class Batcher:
 
     async def _wait_for_batch(self) -> None:
         pending = self._pending
-        while not pending:
-            self._wake = anyio.Event()
-            await self._wake.wait()
-        if len(pending) >= self._size:
-            self._by_size += 1
-            return
-        with anyio.move_on_at(pending[0].t + self._timeout):
-            while len(pending) < self._size:
+        while True:
+            while not pending:
                 self._wake = anyio.Event()
                 await self._wake.wait()
-                if not pending:  # every caller left
-                    return
-            self._by_size += 1
+            if len(pending) >= self._size:
+                self._by_size += 1
+                return
+            # The deadline belongs to the oldest waiting item: when that caller
+            # leaves (without waking us), the next item's own deadline applies.
+            first = pending[0]
+            with anyio.move_on_at(first.t + self._timeout):
+                while len(pending) < self._size and pending and pending[0] is first:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+            if not pending or pending[0] is not first:
+                continue
+            if len(pending) >= self._size:
+                self._by_size += 1
+            else:
+                self._by_timeout += 1
             return
-        self._by_timeout += 1
 
     def _take(self) -> list[_Item]:
         pending = self._pending

@@ -226,9 +226,11 @@ class Service:
         hist: dict[int, int] = {}
         n_lat, sum_lat = 0, 0.0
         completed = self._rec.completed_in_window(now)
-        n, s = self._rec.window_histogram(now, hist)
-        n_lat += n
-        sum_lat += s
+        completed += self._retired.completed_in_window(now)
+        for rec in (self._rec, self._retired):
+            n, s = rec.window_histogram(now, hist)
+            n_lat += n
+            sum_lat += s
         for r in self._replicas:
             rh: dict[int, int] = {}
             rn, rs = r._rec.window_histogram(now, rh)
@@ -762,8 +764,7 @@ class Service:
         for r in victims:
             self._replicas.remove(r)
             del self._by_idx[r.idx]
-            self._retired.successful += r._rec.successful
-            self._retired.failed += r._rec.failed
+            self._retired.absorb(r._rec, clock())
             self._retired_restarts += r._restarts
         self._dirty = True
 

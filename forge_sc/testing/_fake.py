@@ -132,6 +132,9 @@ class FakeReplica:
                 self._interrupted.discard(task)
                 assert task is not None
                 task.uncancel()
+                # Unregister before waiting: a hung replica's stop must not cancel
+                # this task a second time.
+                tasks.discard(task)
                 return await self._after_interrupt()
             raise
         finally:
