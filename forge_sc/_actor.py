@@ -97,10 +97,11 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
             if not hasattr(value, SPEC_ATTR):
                 # A plain monarch.actor.endpoint: give it forge_sc's defaults.
                 setattr(value, SPEC_ATTR, make_spec(value._method))
-            if name in RESERVED_NAMES or name in _MONARCH_NAMES:
+            if name.startswith("_") or name in RESERVED_NAMES or name in _MONARCH_NAMES:
                 raise TypeError(
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
-                    "name belongs to the service handle or to Monarch's Actor. Rename it."
+                    "name belongs to the service handle or to Monarch's Actor (and names "
+                    "starting with '_' are the handle's internals). Rename it."
                 )
 
     @classmethod

@@ -72,7 +72,7 @@ class ServiceConfig:
     restart_window: float = attrs.field(default=60.0, validator=_number(positive=True))
     restart_backoff: float = attrs.field(default=0.1, validator=_number(positive=False))
     graceful_shutdown_timeout: float = attrs.field(default=10.0, validator=_number(positive=False))
-    min_replicas: int | None = attrs.field(default=None, validator=_int_at_least(0, optional=True))
+    min_replicas: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
     max_replicas: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
     target_ongoing_requests: float = attrs.field(default=2.0, validator=_number(positive=True))
     upscale_delay: float = attrs.field(default=30.0, validator=_number(positive=False))

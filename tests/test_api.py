@@ -29,6 +29,7 @@ from forge_sc.service._endpoints import collect_endpoints
 from forge_sc.testing import FakeMesh
 
 from .actors import Counter, Failing
+from .conftest import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -85,11 +86,24 @@ def test_service_config_defaults() -> None:
         ("request_timeout", -1),
         ("max_queued_requests", -1),
         ("num_replicas", 1.5),
+        ("max_replicas", 0),
     ],
 )
 def test_bad_config_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
         ServiceConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_autoscaling_bounds_are_checked_together() -> None:
+    with pytest.raises(ValueError, match="min_replicas must be an int >= 1"):
+        ServiceConfig(min_replicas=0, max_replicas=2)  # a pool of none would serve nothing
+    with pytest.raises(ValueError, match="min_replicas needs max_replicas"):
+        ServiceConfig(min_replicas=1)
+    with pytest.raises(ValueError, match=r"min_replicas \(3\) must be <= max_replicas"):
+        ServiceConfig(num_replicas=3, min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError, match="must lie between"):
+        ServiceConfig(num_replicas=5, min_replicas=1, max_replicas=4)
+    assert ServiceConfig(num_replicas=2, max_replicas=4).effective_min_replicas == 2
 
 
 async def test_open_service_validates_before_anything_starts() -> None:
@@ -238,3 +252,44 @@ def test_service_core_never_imports_monarch() -> None:
                 if node.level and node.module and node.module.startswith("mesh.monarch"):
                     names.append("monarch")
             assert not any(n.split(".")[0] == "monarch" for n in names), f"{path}: {names}"
+
+
+class Chores(ForgeActor):
+    """Endpoints named like the service's former internals (all legal names)."""
+
+    @endpoint
+    async def run(self) -> str:
+        return "ran"
+
+    @endpoint
+    async def slot_freed(self) -> str:
+        return "freed"
+
+    @endpoint
+    async def replica_died(self) -> str:
+        return "died"
+
+    @endpoint
+    async def wait_started(self) -> str:
+        return "started"
+
+
+async def test_endpoints_may_use_any_public_name_outside_the_handle_api() -> None:
+    mesh = FakeMesh()
+    async with open_service(Chores, num_replicas=2, mesh=mesh, restart_backoff=0.01) as svc:
+        assert await svc.run.route() == "ran"
+        assert await svc.slot_freed.route() == "freed"
+        mesh.crash(0)  # the supervisor's death and restart path still works
+        assert [await svc.replica_died.route() for _ in range(4)] == ["died"] * 4
+        await wait_for(lambda: all(r.healthy for r in svc.replicas))
+        assert await svc.wait_started.fanout() == ["started", "started"]
+
+
+@pytest.mark.parametrize("name", ["statistics", "replicas", "session", "_hidden"])
+def test_endpoint_named_like_the_handle_api_fails_at_class_definition(name: str) -> None:
+    async def method(self: object) -> None:
+        return None
+
+    method.__name__ = name
+    with pytest.raises(TypeError, match="cannot be named"):
+        type("Clash", (ForgeActor,), {name: endpoint(method)})

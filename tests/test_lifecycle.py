@@ -7,7 +7,9 @@ import pytest
 
 from forge_sc import ReplicaState, open_service
 from forge_sc.errors import NoHealthyReplicasError, ServiceClosedError, ServiceFailedError
+from forge_sc.mesh import SpawnSpec
 from forge_sc.testing import FakeMesh
+from forge_sc.testing._fake import FakeReplica
 
 from .actors import Counter
 from .conftest import running_tasks, wait_for
@@ -193,3 +195,72 @@ async def test_outside_caller_after_escalation_gets_no_healthy() -> None:
                 mesh.crash(0)
                 await anyio.sleep_forever()
     assert len(errors) == 1
+
+
+async def test_restart_replica_returns_when_the_replica_fails_for_good() -> None:
+    mesh = FakeMesh()
+    async with open_service(Counter, num_replicas=2, mesh=mesh, max_restarts=0, **FAST) as svc:
+        with anyio.fail_after(5):  # it used to wait forever: another replica still lives
+            with pytest.raises(NoHealthyReplicasError, match="replica 0 could not be"):
+                await svc.restart_replica(0)
+        assert svc.replicas[0].state is ReplicaState.FAILED
+        assert await svc.value.route() == 0  # replica 1 serves on
+
+
+async def test_scale_up_returns_when_the_new_replica_cannot_start() -> None:
+    mesh = FakeMesh()
+    async with open_service(Counter, num_replicas=1, mesh=mesh, max_restarts=1, **FAST) as svc:
+        mesh.fail_spawns(1, 10)
+        with anyio.fail_after(5), pytest.raises(NoHealthyReplicasError, match="replica 1"):
+            await svc.scale_to(2)
+        assert [r.state for r in svc.replicas] == [ReplicaState.HEALTHY, ReplicaState.FAILED]
+        assert await svc.value.route() == 0
+
+
+class GatedMesh(FakeMesh):
+    """Replica 1's spawn waits for ``gate``; ``first_up`` is set once replica 0 spawned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.first_up = anyio.Event()
+
+    async def spawn(self, spec: SpawnSpec) -> FakeReplica:
+        if spec.idx == 1:
+            await self.gate.wait()
+        replica = await super().spawn(spec)
+        if spec.idx == 0:
+            self.first_up.set()
+        return replica
+
+
+async def test_budget_used_up_during_startup_fails_the_service() -> None:
+    """A replica that started, died and could not come back while another was still
+    starting: the service refuses to start instead of waiting forever."""
+    before = running_tasks()
+    mesh = GatedMesh()
+    async with anyio.create_task_group() as tg:
+
+        async def kill_first() -> None:
+            await mesh.first_up.wait()
+            mesh.crash(0)
+
+        tg.start_soon(kill_first)
+        with anyio.fail_after(5), pytest.raises(ServiceFailedError) as info:
+            async with open_service(Counter, num_replicas=2, mesh=mesh, max_restarts=0, **FAST):
+                pytest.fail("the body must not run")  # pragma: no cover
+    assert "replica 0 used up its restart budget while the service was starting" in str(
+        info.value
+    )
+    assert "crashed" in str(info.value.__cause__)  # the death is the cause
+    assert running_tasks() == before
+
+
+async def test_escalation_names_the_death_that_caused_it() -> None:
+    mesh = FakeMesh()
+    with pytest.raises(ServiceFailedError, match="last error") as info:
+        async with open_service(Counter, num_replicas=1, mesh=mesh, max_restarts=0, **FAST):
+            mesh.crash(0)
+            await anyio.sleep_forever()
+    assert info.value.__cause__ is not None
+    assert "crashed" in str(info.value.__cause__)

@@ -87,3 +87,51 @@ def test_recorder_windows_by_time_not_by_samples() -> None:
     n, total = r.window_histogram(1010.0, hist)
     assert n == 100_000 and total == pytest.approx(100.0)
     assert percentile(hist, 0.5) == pytest.approx(0.001, rel=0.03)  # 5% buckets
+
+
+async def test_queue_depth_counts_each_waiting_request_once() -> None:
+    """Two session requests queued on their (full) replica: the service's queue depth
+    is 2, and the summary's average is 2 over 2 replicas, not twice that."""
+    async with open_service(
+        Counter, num_replicas=2, mesh=FakeMesh(), replica_max_concurrent_requests=1
+    ) as svc:
+        async with anyio.create_task_group() as tg, svc.session():
+            for _ in range(3):
+                tg.start_soon(svc.nap.route, 0.2)
+            await wait_for(lambda: svc.statistics().queue_depth == 2)
+            stats = svc.statistics()
+            assert sum(r.queue_depth for r in stats.replicas) == 2
+            assert svc.get_metrics_summary()["service"]["avg_queue_depth"] == 1.0
+
+
+async def test_statistics_keep_counting_replicas_removed_by_scaling() -> None:
+    async with open_service(Counter, num_replicas=3, mesh=FakeMesh()) as svc:
+        async with anyio.create_task_group() as tg:
+            for i in range(24):  # merged into batches, spread over the replicas
+                tg.start_soon(svc.predict.route, i)
+        for _ in range(6):
+            await svc.value.route()
+        before = svc.statistics()
+        await svc.scale_to(1)
+        after = svc.statistics()  # used to raise KeyError (batch latency of a gone replica)
+        assert after.total_replicas == 1
+        assert after.total_requests == before.total_requests == 30
+        assert after.successful_requests == 30
+        # every request of the window still counts towards the rate
+        assert after.request_rate * min(after.uptime, 60.0) == pytest.approx(30, rel=0.01)
+        assert after.p50_latency > 0 and after.p99_latency >= after.p50_latency
+
+
+def test_recorder_absorb_merges_counts_and_window() -> None:
+    a, b = Recorder(), Recorder()
+    for i in range(10):
+        a.record(100.0 + i * 0.01, 0.001, True)
+    for i in range(5):
+        b.record(100.5 + i * 0.01, 0.1, i % 2 == 0)
+    a.absorb(b, 101.0)
+    assert (a.successful, a.failed) == (13, 2)
+    assert a.completed_in_window(101.5) == 15
+    hist: dict[int, int] = {}
+    n, total = a.window_histogram(101.5, hist)
+    assert n == 15 and total == pytest.approx(10 * 0.001 + 5 * 0.1)
+    assert percentile(hist, 0.99) == pytest.approx(0.1, rel=0.05)

@@ -40,10 +40,10 @@ HEALTHY = ReplicaState.HEALTHY
 class _Owner:
     """What an incarnation reports to (the service); kept abstract to avoid a cycle."""
 
-    def replica_died(self, replica: Replica) -> None:  # pragma: no cover - interface
+    def _replica_died(self, replica: Replica) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def slot_freed(self, replica: Replica) -> None:  # pragma: no cover - interface
+    def _slot_freed(self, replica: Replica) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -73,12 +73,12 @@ class Incarnation:
         replica = self.replica
         if replica._inc is self and replica._state is HEALTHY:
             replica._state = ReplicaState.FAILED
-            self.owner.replica_died(replica)
+            self.owner._replica_died(replica)
 
     def settle_abandoned(self) -> None:
         """A call abandoned by a cancelled caller resolved on the replica."""
         self.active -= 1
-        self.owner.slot_freed(self.replica)
+        self.owner._slot_freed(self.replica)
 
 
 class Replica:

@@ -35,11 +35,11 @@ class SupervisorHost(Protocol):
     _starting: bool
     _restarts: int
 
-    def spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec: ...
-    def replica_healthy(self, replica: Replica) -> None: ...
-    def replica_died(self, replica: Replica) -> None: ...
-    def replica_exhausted(self, replica: Replica) -> None: ...
-    def slot_freed(self, replica: Replica) -> None: ...
+    def _spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec: ...
+    def _replica_healthy(self, replica: Replica) -> None: ...
+    def _replica_died(self, replica: Replica) -> None: ...
+    def _replica_exhausted(self, replica: Replica) -> None: ...
+    def _slot_freed(self, replica: Replica) -> None: ...
 
 
 class ReplicaStopped(Exception):
@@ -61,7 +61,7 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                 inc = Incarnation(host, replica)
                 handle: MeshReplica | None = None
                 try:
-                    handle = await host._mesh.spawn(host.spawn_spec(replica, inc))
+                    handle = await host._mesh.spawn(host._spawn_spec(replica, inc))
                 except Exception as exc:
                     if first and host._starting:
                         raise ServiceFailedError(
@@ -72,6 +72,7 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                     replica._last_error = exc
                 else:
                     await _serve(host, replica, inc, handle)
+                    replica._last_error = inc.reason  # the cause, if this escalates
                 first = False
                 replica._state = ReplicaState.FAILED
                 now = anyio.current_time()
@@ -79,7 +80,7 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                     restarts_at.popleft()
                 if len(restarts_at) >= config.max_restarts:
                     replica._exhausted = True
-                    host.replica_exhausted(replica)
+                    host._replica_exhausted(replica)
                     return
                 delay = min(config.restart_backoff * 2 ** len(restarts_at), MAX_BACKOFF)
                 replica._state = ReplicaState.RECOVERING
@@ -104,7 +105,7 @@ async def _serve(
             tg.start_soon(_watch_death, inc, handle)
             replica._inc = inc
             replica._state = ReplicaState.HEALTHY
-            host.replica_healthy(replica)
+            host._replica_healthy(replica)
             await inc.dead.wait()
             tg.cancel_scope.cancel()
     finally:
@@ -113,7 +114,7 @@ async def _serve(
             inc.dead.set()
         if replica._state is ReplicaState.HEALTHY:
             replica._state = ReplicaState.FAILED
-            host.replica_died(replica)
+            host._replica_died(replica)
         with anyio.CancelScope(shield=True):
             await handle.stop()
 

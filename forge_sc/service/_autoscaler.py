@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ..errors import NoHealthyReplicasError, ServiceClosedError
+
 if TYPE_CHECKING:
     from ._service import Service
 
@@ -40,5 +42,12 @@ async def autoscale(svc: Service) -> None:
             continue
         delay = config.upscale_delay if step > 0 else config.downscale_delay
         if now - since >= delay:
-            await svc.scale_to(want)
             direction, since = 0, None
+            try:
+                await svc.scale_to(want)
+            except ServiceClosedError:
+                return
+            except NoHealthyReplicasError:
+                # A new replica could not start: it stays FAILED in the pool (visible
+                # in statistics()); the requests go on being served by the others.
+                continue

@@ -56,8 +56,8 @@ class ServiceScope:
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
-            await tg.start(self._svc.run)
-            await self._svc.wait_started()
+            await tg.start(self._svc._run)
+            await self._svc._wait_started()
         except BaseException as exc:
             tg.cancel_scope.cancel()
             await self._exit(type(exc), exc, exc.__traceback__)

@@ -395,7 +395,7 @@ class Service:
                 if inc.active == self._cap - 1:
                     self._dirty = True
                 if self._waiters or replica._waiters:
-                    self.slot_freed(replica)
+                    self._slot_freed(replica)
                 now = clock()
                 replica._rec.record(now, now - t0, True)
                 if also is not None:
@@ -418,9 +418,9 @@ class Service:
         if inc.active == self._cap - 1:
             self._dirty = True
         if self._waiters or replica._waiters:
-            self.slot_freed(replica)
+            self._slot_freed(replica)
 
-    def slot_freed(self, replica: Replica) -> None:
+    def _slot_freed(self, replica: Replica) -> None:
         """A slot of ``replica`` became free: wake who may take it (a draining
         replica's waiter is ``scale_to`` waiting for its last request)."""
         self._dirty = True
@@ -640,16 +640,22 @@ class Service:
         if inc.active >= self._cap:
             self._dirty = True
         ok = False
+        handle = inc.handle
         try:
-            results[replica.idx] = await inc.handle.call(spec.name, args, kwargs)
+            results[replica.idx] = await handle.call(spec.name, args, kwargs)
             ok = True
         except ReplicaGone as exc:
             inc.die(exc)
             died.append(replica.idx)
         except Exception as exc:
             errors[replica.idx] = exc
-        finally:
-            self._release(replica, inc)
+        except BaseException as exc:
+            # A call abandoned by a cancelled caller stays counted until the mesh
+            # reports it settled (settle_abandoned releases it then).
+            if not (handle.detaches_on_cancel and isinstance(exc, anyio.get_cancelled_exc_class())):
+                self._release(replica, inc)
+            raise
+        self._release(replica, inc)
         now = clock()
         if replica.idx not in died:
             replica._rec.record(now, now - t0, ok)
@@ -658,7 +664,7 @@ class Service:
 
     # -------------------------------------------------------- supervisor hooks
 
-    def spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec:
+    def _spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec:
         c = self._config
         return SpawnSpec(
             idx=replica.idx,
@@ -672,32 +678,40 @@ class Service:
             on_abandoned_settled=inc.settle_abandoned,
         )
 
-    def replica_healthy(self, replica: Replica) -> None:
+    def _replica_healthy(self, replica: Replica) -> None:
         self._dirty = True
         self._wake_everyone()
         if self._starting and all(r._state is HEALTHY for r in self._replicas):
             self._starting = False
             self._started.set()
 
-    def replica_died(self, replica: Replica) -> None:
+    def _replica_died(self, replica: Replica) -> None:
         self._dirty = True
         replica._waiters.wake_all()  # session requests queued there move elsewhere
 
-    def replica_exhausted(self, replica: Replica) -> None:
+    def _replica_exhausted(self, replica: Replica) -> None:
         from ..errors import ServiceFailedError
 
         self._dirty = True
-        replica._waiters.wake_all()
-        live = [r for r in self._replicas if not r._exhausted]
-        if live:
+        # Session requests queued there move elsewhere; restart_replica() and
+        # scale_to() waiting for this replica learn it failed for good.
+        self._wake_everyone()
+        budget = (
+            f"max_restarts={self._config.max_restarts} within "
+            f"restart_window={self._config.restart_window}s"
+        )
+        cause = replica._last_error
+        if self._starting:
+            self._failed = True
+            raise ServiceFailedError(
+                f"replica {replica.idx} used up its restart budget while the service was "
+                f"starting ({budget}); last error: {cause!r}. Fix the cause and retry."
+            ) from cause
+        if any(not r._exhausted for r in self._replicas):
             return
         self._failed = True
-        self._wake_everyone()
-        cause = replica._last_error
         raise ServiceFailedError(
-            f"every replica used up its restart budget (max_restarts="
-            f"{self._config.max_restarts} within restart_window={self._config.restart_window}s)"
-            f"; last error: {cause!r}"
+            f"every replica used up its restart budget ({budget}); last error: {cause!r}"
         ) from cause
 
     def _wake_everyone(self) -> None:
@@ -768,7 +782,7 @@ class Service:
             self._retired_restarts += r._restarts
         self._dirty = True
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The service's own task: owns the mesh lifespan and every internal task."""
         from ..batching import Batcher
         from ._autoscaler import autoscale
@@ -796,7 +810,7 @@ class Service:
             self._wake_everyone()
             self._closed.set()
 
-    async def wait_started(self) -> None:
+    async def _wait_started(self) -> None:
         await self._started.wait()
 
     async def _close(self) -> None:

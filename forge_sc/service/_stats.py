@@ -58,6 +58,9 @@ class ServiceMetrics:
     and a failure; so do the service's own errors (overloaded, no healthy replica,
     replica died, closed). ``retries`` counts re-sends after a replica death. The
     per-replica figures count the calls each replica ran: there a merged batch is one.
+    ``queue_depth`` counts every request waiting for a slot: in the service queue and
+    in the replicas' session queues (each replica's ``queue_depth`` is its share of the
+    latter).
     """
 
     total_requests: int
@@ -90,10 +93,8 @@ class ServiceMetrics:
                 "healthy_replicas": self.healthy_replicas,
                 "total_replicas": self.total_replicas,
                 "total_request_rate": self.request_rate,
-                "avg_queue_depth": (sum(r.queue_depth for r in self.replicas) + self.queue_depth)
-                / n
-                if n
-                else 0.0,
+                # queue_depth already counts the session requests queued on replicas.
+                "avg_queue_depth": self.queue_depth / n if n else 0.0,
                 "avg_capacity_utilization": self.capacity_utilization,
                 "sessions_per_replica": self.active_sessions / n if n else 0.0,
                 "total_requests": self.total_requests,
