@@ -63,6 +63,14 @@ async def traffic(
             counts[type(exc).__name__] += 1
 
 
+async def replica_pids(svc: Any) -> dict[int, int]:
+    """Each healthy replica's process id, by replica index. The fan-out picks its
+    targets (the healthy replicas, in index order) before it first waits."""
+    idxs = [r.idx for r in svc.replicas if r.healthy]
+    pids = await svc.pid.fanout()
+    return dict(zip(idxs, pids, strict=True))
+
+
 async def main(mesh_kind: str, seconds: float, callers: int) -> int:
     mesh: Any = None
     if mesh_kind == "fake":
@@ -78,7 +86,7 @@ async def main(mesh_kind: str, seconds: float, callers: int) -> int:
         TinyModel, 7, num_replicas=4, mesh=mesh, health_poll_rate=0.2, health_timeout=1.0
     ) as svc:
         print(f"  service up in {time.perf_counter() - t_start:.2f} s: {svc!r}")
-        pids = await svc.pid.fanout()
+        pids = await replica_pids(svc)
         print(f"  replica pids: {pids}")
         counts = {"ok": 0, "failed": 0}
         latencies: list[float] = []
@@ -107,12 +115,13 @@ async def main(mesh_kind: str, seconds: float, callers: int) -> int:
                     f"[{states}]"
                 )
             stop.set()
-        new_pids = await svc.pid.fanout()
+        new_pids = await replica_pids(svc)
         summary = svc.get_metrics_summary()
         stats = svc.statistics()
     print("\nreplica pids after:", new_pids)
     if mesh is None:
-        print(f"replica {victim}: pid {pids[victim]} -> {new_pids[victim]} (new process)")
+        after = new_pids.get(victim, "not healthy at the end")
+        print(f"replica {victim}: pid {pids[victim]} -> {after}")
     print("\nmetrics summary (service):")
     for key, value in summary["service"].items():
         print(f"  {key:26s} {value:.4g}" if isinstance(value, float) else f"  {key:26s} {value}")
