@@ -152,7 +152,7 @@ async def wait_until(cond: Callable[[], bool], timeout: float) -> bool:  # noqa:
 class Harness:
     """Two services (A takes faults, B does not) in a blocking portal."""
 
-    def __init__(self, backend: str, replicas: int, seed: int, eager: bool) -> None:
+    def __init__(self, backend: str, replicas: int, seed: int) -> None:
         self.backend = backend
         self.violations: list[str] = []
         self.steps: list[str] = []  # the rules run so far (for failures Hypothesis cannot replay)
@@ -187,7 +187,6 @@ class Harness:
                     self.ledger["A"],
                     seed=seed,
                     spawn_delay=SPAWN_DELAY,
-                    interrupt_first_calls=eager,
                 ),
                 "B": LedgerMesh(self.ledger["B"], seed=seed + 1, spawn_delay=SPAWN_DELAY),
             }

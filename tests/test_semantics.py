@@ -38,7 +38,7 @@ async def test_user_exception_is_reraised_and_replica_stays_healthy() -> None:
 
 
 async def test_replica_death_retries_elsewhere_and_replica_recovers() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(Counter, num_replicas=2, mesh=mesh, **FAST) as svc:
         async with anyio.create_task_group() as tg:
             results: list[str] = []
@@ -59,7 +59,7 @@ async def test_replica_death_retries_elsewhere_and_replica_recovers() -> None:
 
 
 async def test_death_on_every_attempt_gives_replica_died_error() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(Counter, num_replicas=1, mesh=mesh, max_attempts=2, **FAST) as svc:
 
         async def killer() -> None:
@@ -81,7 +81,7 @@ async def test_death_on_every_attempt_gives_replica_died_error() -> None:
 
 
 async def test_non_idempotent_endpoint_is_never_resent() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(Counter, num_replicas=2, mesh=mesh, **FAST) as svc:
         async with anyio.create_task_group() as tg:
 
@@ -105,7 +105,7 @@ async def test_non_idempotent_endpoint_is_never_resent() -> None:
 async def test_request_queued_on_a_dead_replica_moves_and_runs_once() -> None:
     # A session pins its requests to one replica; with capacity 1 the second waits
     # queued there. The replica dies: the queued one moves, and runs exactly once.
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(
         Counter, num_replicas=2, mesh=mesh, replica_max_concurrent_requests=1, **FAST
     ) as svc:
@@ -268,7 +268,7 @@ async def test_closing_refuses_new_requests_and_drains_in_flight() -> None:
 
 
 async def test_closing_cancels_in_flight_past_graceful_timeout() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     outcome: list[BaseException] = []
     async with anyio.create_task_group() as outer:
         async with open_service(
@@ -312,7 +312,7 @@ async def test_fanout_error_carries_partial_results() -> None:
 
 
 async def test_fanout_leaves_out_replicas_that_die() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(Counter, num_replicas=3, mesh=mesh, **FAST) as svc:
         async with anyio.create_task_group() as tg:
             got: list[list[float]] = []
@@ -328,7 +328,7 @@ async def test_fanout_leaves_out_replicas_that_die() -> None:
 
 
 async def test_hung_replica_is_detected_by_health_timeout() -> None:
-    mesh = FakeMesh(interrupt_first_calls=True)
+    mesh = FakeMesh()
     async with open_service(Counter, num_replicas=2, mesh=mesh, **FAST) as svc:
         mesh.hang(0)
         results = [await svc.value.route() for _ in range(4)]

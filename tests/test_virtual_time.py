@@ -66,7 +66,7 @@ async def test_request_timeout_in_virtual_time() -> None:
 
 
 async def test_hang_detected_by_health_timeout_in_virtual_time() -> None:
-    mesh = FakeMesh(seed=1, interrupt_first_calls=True)
+    mesh = FakeMesh(seed=1)
     async with open_service(
         Counter, num_replicas=1, mesh=mesh, health_poll_rate=5.0, health_timeout=30.0,
         restart_backoff=1.0,

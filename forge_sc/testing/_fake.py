@@ -3,17 +3,16 @@
 Endpoints are awaited directly in the caller's task, so a cancelled caller cancels
 the endpoint itself.
 
-Interrupting a call when its replica crashes must be cheap: an anyio cancel scope
-costs 4 µs (asyncio) to 9 µs (trio) per call, more than the whole routing overhead.
-On asyncio the caller's task is registered with the incarnation and cancelled
-natively when the replica dies: every call is interrupted at once. On trio, where
-only a cancel scope can interrupt a task, the first step of an endpoint runs with no
-scope (an endpoint that never suspends finishes there) and FakeMesh learns which
-endpoint functions suspend: those always run inside an interruptible scope from then
-on. The one exception, on trio only, is the first call of a function that turns out
-to suspend: it is interrupted when it completes (it then fails, or waits, as on a
-dead or hung replica) rather than at once. ``FakeMesh(interrupt_first_calls=True)``
-treats every endpoint as suspending from the start.
+Interrupting a call when its replica crashes must be cheap: a cancel scope per call
+costs 4 µs (asyncio) to 6-11 µs (trio), more than the whole routing overhead. So the
+caller's task is registered with the incarnation (a set insertion), and when the
+replica dies each registered task is interrupted where it waits: on asyncio by
+``task.cancel()`` (then ``uncancel()`` here); on trio through the task's abort hook,
+the same path a cancellation takes, raising a private ``_Interrupted`` instead of
+``Cancelled`` (a task that is runnable at that instant is interrupted as soon as it
+next waits, by a trio instrument active only while such tasks exist). A call whose
+replica died while it ran never returns its result: it fails as on a dead process, or
+waits, as on a hung one, until the replica is stopped.
 
 Everything waits through anyio, so the mesh works under trio's
 ``MockClock(autojump_threshold=0)``. Faults are injected by replica index and hit
@@ -26,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import CoroutineType
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import sniffio
@@ -52,31 +51,39 @@ class _Life(enum.Enum):
     STOPPED = 4
 
 
-class _Resume:
-    """Await the rest of a coroutine already started with ``send`` (``yield from``)."""
+class _Interrupted(BaseException):
+    """Thrown into a trio task whose replica died under it (a BaseException, so that
+    an endpoint's ``except Exception`` does not swallow it)."""
 
-    __slots__ = ("coro", "first")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
+def _raise_interrupted() -> NoReturn:
+    raise _Interrupted
 
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self.coro
-        value = self.first
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+
+def _interrupts(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or, out of a nursery, carries) ``_Interrupted``."""
+    if isinstance(exc, _Interrupted):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(_Interrupted) is not None
+
+
+class _Deliver(trio.abc.Instrument):
+    """Interrupts trio tasks that were runnable when their replica died, as soon as
+    each next waits. Installed only while such tasks exist."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[Any, FakeReplica] = {}
+
+    def after_task_step(self, task: Any) -> None:
+        replica = self.tasks.get(task)
+        if replica is not None:
+            if task not in replica._tasks:  # its call ended meanwhile
+                del self.tasks[task]
+            elif task._abort_func is not None:  # it waits: interrupt it now
+                del self.tasks[task]
+                task._attempt_abort(_raise_interrupted)
+        if not self.tasks:
+            trio.lowlevel.remove_instrument(self)
 
 
 class FakeReplica:
@@ -97,11 +104,10 @@ class FakeReplica:
         self._multi = len(ranks) > 1
         self._asyncio = sniffio.current_async_library() == "asyncio"
         self.call = self._call_asyncio if self._asyncio else self._call_trio  # type: ignore[method-assign]
-        self._tasks: set[asyncio.Task[Any] | None] = set()
-        self._interrupted: set[asyncio.Task[Any] | None] = set()
+        self._tasks: set[Any] = set()  # tasks running a call here (hot path)
+        self._interrupted: set[Any] = set()  # asyncio tasks this replica cancelled
         self._life = _Life.ALIVE
-        self._suspends = mesh._suspends
-        self._scopes: set[Any] = set()  # anyio or (trio path) native trio scopes
+        self._scopes: set[anyio.CancelScope] = set()  # calls on the slow path
         self.refresh()
         self._dead = anyio.Event()
         self._stopped = anyio.Event()
@@ -114,9 +120,6 @@ class FakeReplica:
     async def _call_asyncio(
         self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        # asyncio: the caller's task is registered with this incarnation and, if the
-        # replica dies, cancelled natively (task.cancel, then uncancel here): prompt
-        # interruption of every call for the price of a set insertion.
         if not self._fast:
             return await self._call_slow_path(endpoint, args, kwargs)
         result = self._fns[endpoint](self._actor, *args, **kwargs)
@@ -139,55 +142,41 @@ class FakeReplica:
             raise
         finally:
             tasks.discard(task)
+        if self._life is not _Life.ALIVE:  # died while this call ran: no answer
+            return await self._after_interrupt()
         return value if self._first_only else [value]
 
     async def _call_trio(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not self._fast:
             return await self._call_slow_path(endpoint, args, kwargs)
-        fn = self._fns[endpoint]
-        if fn in self._suspends:
-            # Known to suspend: a native trio scope (6 µs; anyio's costs 9 µs),
-            # entered before the endpoint's first step so that scopes nest.
-            with trio.CancelScope() as scope:
-                self._scopes.add(scope)
-                try:
-                    value = await fn(self._actor, *args, **kwargs)
-                finally:
-                    self._scopes.discard(scope)
-                return value if self._first_only else [value]
+        task = trio.lowlevel.current_task()
+        tasks = self._tasks
+        tasks.add(task)
+        try:
+            value = await self._fns[endpoint](self._actor, *args, **kwargs)
+        except BaseException as exc:
+            if not _interrupts(exc):
+                raise
+            tasks.discard(task)
             return await self._after_interrupt()
-        value = await self._run(fn, self._actor, args, kwargs)
+        finally:
+            tasks.discard(task)
+        if self._life is not _Life.ALIVE:  # died while this call ran: no answer
+            return await self._after_interrupt()
         return value if self._first_only else [value]
 
     async def _run(
         self, fn: Callable[..., Any], actor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """Run one endpoint, interruptibly (trio, and the slow path of asyncio)."""
-        if fn in self._mesh._suspends or self._asyncio:
-            # Known to suspend: run it inside a scope that crash()/stop() cancel,
-            # entered before its first step so that scopes nest correctly.
-            with anyio.CancelScope() as scope:
-                self._scopes.add(scope)
-                try:
-                    result = fn(actor, *args, **kwargs)
-                    return (await result) if inspect.isawaitable(result) else result
-                finally:
-                    self._scopes.discard(scope)
-            return await self._after_interrupt()
-        result = fn(actor, *args, **kwargs)
-        if type(result) is not CoroutineType:
-            return result
-        try:
-            first = result.send(None)
-        except StopIteration as stop:
-            return stop.value  # finished without suspending: no scope needed
-        # First time this endpoint suspends: finish it as it is (no scope can be
-        # entered now without breaking scope nesting); remember it for next time.
-        self._mesh._suspends.add(fn)
-        value = await _Resume(result, first)
-        if self._life is not _Life.ALIVE:
-            return await self._after_interrupt()
-        return value
+        """Run one endpoint on the slow path, inside a scope that crash()/stop() cancel."""
+        with anyio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                result = fn(actor, *args, **kwargs)
+                return (await result) if inspect.isawaitable(result) else result
+            finally:
+                self._scopes.discard(scope)
+        return await self._after_interrupt()
 
     async def _after_interrupt(self) -> Any:
         if self._life is _Life.HUNG:
@@ -211,6 +200,8 @@ class FakeReplica:
                 return await self._after_interrupt()
         fn = self._fns[endpoint]
         values = [await self._run(fn, rank, args, kwargs) for rank in self._ranks]
+        if self._life is not _Life.ALIVE:
+            return await self._after_interrupt()
         return values[0] if self._first_only else values
 
     async def ping(self) -> None:
@@ -241,15 +232,36 @@ class FakeReplica:
         self._fast = False
         for scope in list(self._scopes):
             scope.cancel()
-        for task in list(self._tasks):
-            if task is not None and task not in self._interrupted:
-                self._interrupted.add(task)
-                task.cancel("forge_sc.testing: replica died")
+        if self._tasks:
+            self._interrupt_calls()
         if life is _Life.CRASHED:
             self._reason = ReplicaGone(f"replica {self._idx} crashed (injected)")
             self._dead.set()
         if life is _Life.STOPPED:
             self._stopped.set()
+
+    def _interrupt_calls(self) -> None:
+        """Interrupt every task running a call here, where it waits. The task that
+        is running now (one that crashed its own replica) finds out when its call
+        returns."""
+        if self._asyncio:
+            running = asyncio.current_task()
+            for task in list(self._tasks):
+                if task is not running and task not in self._interrupted:
+                    self._interrupted.add(task)
+                    task.cancel("forge_sc.testing: replica died")
+            return
+        current = trio.lowlevel.current_task()
+        deliver = self._mesh._deliver
+        for task in list(self._tasks):
+            if task is current:
+                continue
+            if task._abort_func is not None:  # waiting: abort that wait
+                task._attempt_abort(_raise_interrupted)
+            else:  # runnable: interrupt it at its next wait
+                if not deliver.tasks:
+                    trio.lowlevel.add_instrument(deliver)
+                deliver.tasks[task] = self
 
 
 class FakeMesh:
@@ -264,16 +276,14 @@ class FakeMesh:
         seed: int | None = None,
         *,
         spawn_delay: float = 0.0,
-        interrupt_first_calls: bool = False,
     ) -> None:
         self.seed = seed
-        self.interrupt_first_calls = interrupt_first_calls
         self.spawn_delay = spawn_delay
         self._current: dict[int, FakeReplica] = {}
         self._spawns: dict[int, int] = {}
         self._fail: dict[int, int] = {}
         self._slow: dict[int, float] = {}
-        self._suspends: set[Callable[..., Any]] = set()
+        self._deliver = _Deliver()
         self._in_use = False
 
     def __repr__(self) -> str:
@@ -304,8 +314,6 @@ class FakeMesh:
             raise InjectedSpawnFailure(f"spawn of replica {idx} failed (injected by fail_spawns)")
         ranks = [spec.actor_cls(*spec.args, **spec.kwargs) for _ in range(spec.procs)]
         replica = FakeReplica(self, spec, ranks)
-        if self.interrupt_first_calls:
-            self._suspends.update(replica._fns.values())
         self._current[idx] = replica
         return replica
 

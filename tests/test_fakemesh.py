@@ -1,0 +1,148 @@
+"""FakeMesh's own contract: a crash interrupts every call on the replica where it
+waits, whatever the call is doing, on both backends; a hang holds them until stop."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from forge_sc import ForgeActor, endpoint
+from forge_sc.mesh import ReplicaGone, SpawnSpec
+from forge_sc.testing import FakeMesh
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+class Sleeper(ForgeActor):
+    def __init__(self) -> None:
+        self.finished = 0
+        self.mesh: FakeMesh | None = None
+
+    @endpoint
+    async def nap(self, seconds: float) -> str:
+        await anyio.sleep(seconds)
+        self.finished += 1
+        return "done"
+
+    @endpoint
+    async def nap_in_group(self, seconds: float) -> str:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, seconds)
+        self.finished += 1
+        return "done"
+
+    @endpoint
+    async def swallow(self, seconds: float) -> str:
+        try:
+            await anyio.sleep(seconds)
+        except Exception:  # an endpoint's own handler must not hide the death
+            return "swallowed"
+        return "done"
+
+    @endpoint
+    async def crash_myself(self) -> str:
+        assert self.mesh is not None
+        self.mesh.crash(0)
+        return "answer from a dead process"
+
+    @endpoint
+    async def wake_then_crash(self, ev: anyio.Event, gate: anyio.Event) -> str:
+        await ev.wait()
+        await gate.wait()
+        return "done"
+
+
+def spec() -> SpawnSpec:
+    return SpawnSpec(idx=0, actor_cls=Sleeper, args=(), kwargs={})
+
+
+async def test_crash_interrupts_calls_where_they_wait() -> None:
+    mesh = FakeMesh()
+    async with mesh.lifespan():
+        replica = await mesh.spawn(spec())
+        outcomes: list[str] = []
+
+        async def call(name: str) -> None:
+            try:
+                outcomes.append(await replica.call(name, (30.0,), {}))
+            except ReplicaGone:
+                outcomes.append("gone")
+
+        with anyio.fail_after(5):  # 30 s naps: only an interruption ends them in time
+            async with anyio.create_task_group() as tg:
+                for name in ("nap", "nap_in_group", "swallow"):
+                    tg.start_soon(call, name)
+                await wait_for(lambda: len(replica._tasks) == 3)
+                mesh.crash(0)
+        assert outcomes == ["gone", "gone", "gone"]
+        assert mesh.actor(0).finished == 0
+        assert isinstance(await replica.wait_dead(), ReplicaGone)
+
+
+async def test_crash_while_the_call_is_runnable_interrupts_at_its_next_wait() -> None:
+    mesh = FakeMesh()
+    async with mesh.lifespan():
+        replica = await mesh.spawn(spec())
+        ev, gate = anyio.Event(), anyio.Event()
+        outcome: list[str] = []
+
+        async def call() -> None:
+            try:
+                outcome.append(await replica.call("wake_then_crash", (ev, gate), {}))
+            except ReplicaGone:
+                outcome.append("gone")
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await wait_for(lambda: len(replica._tasks) == 1)
+                ev.set()  # the call is now runnable, not waiting
+                mesh.crash(0)  # ...and is interrupted as soon as it waits on the gate
+        assert outcome == ["gone"]
+
+
+async def test_a_call_that_crashes_its_own_replica_gets_no_answer() -> None:
+    mesh = FakeMesh()
+    async with mesh.lifespan():
+        replica = await mesh.spawn(spec())
+        mesh.actor(0).mesh = mesh
+        with pytest.raises(ReplicaGone):
+            await replica.call("crash_myself", (), {})
+        await anyio.lowlevel.checkpoint()  # no stray cancellation is left pending on this task
+
+
+async def test_hang_holds_calls_until_the_replica_is_stopped() -> None:
+    mesh = FakeMesh()
+    async with mesh.lifespan():
+        replica = await mesh.spawn(spec())
+        errors: list[BaseException] = []
+
+        async def call() -> None:
+            try:
+                await replica.call("nap", (0.01,), {})
+            except ReplicaGone as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await wait_for(lambda: len(replica._tasks) == 1)
+            mesh.hang(0)
+            with anyio.move_on_after(0.1):
+                await replica.ping()  # a hung replica does not answer pings either
+            assert errors == []  # the nap is long over, but no answer comes
+            await replica.stop()
+        assert len(errors) == 1
+
+
+def test_trio_internals_used_for_interruption_are_still_there() -> None:
+    """FakeMesh interrupts trio tasks through the abort hook of the task's current
+    wait (``Task._abort_func`` and ``Task._attempt_abort``: trio's own cancellation
+    path). If trio renames them, this fails first and says so."""
+    from trio._core._run import Task
+
+    assert callable(getattr(Task, "_attempt_abort", None)), "trio.Task._attempt_abort is gone"
+    fields = {a.name for a in Task.__attrs_attrs__}
+    assert "_abort_func" in fields, "trio.Task._abort_func is gone"
