@@ -264,3 +264,24 @@ async def test_escalation_names_the_death_that_caused_it() -> None:
             await anyio.sleep_forever()
     assert info.value.__cause__ is not None
     assert "crashed" in str(info.value.__cause__)
+
+
+async def test_escalation_while_the_body_awaits_a_request() -> None:
+    """The body's own request, in flight or queued when the service escalates, is
+    cancelled with the body: ``ServiceFailedError`` comes out alone, not in a group
+    with the request's ``NoHealthyReplicasError``."""
+    before = running_tasks()
+    mesh = FakeMesh()
+    with anyio.fail_after(10):
+        with pytest.raises(ServiceFailedError, match="restart budget") as info:
+            async with open_service(
+                Counter, num_replicas=1, mesh=mesh, max_restarts=0, **FAST
+            ) as svc:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(svc.nap.route, 10.0)  # in flight
+                    await wait_for(lambda: svc.replicas[0].active_requests == 1)
+                    mesh.crash(0)
+                    await svc.value.route()  # waits for a replica that never returns
+                pytest.fail("the body must have been cancelled")  # pragma: no cover
+    assert type(info.value) is ServiceFailedError
+    assert running_tasks() == before

@@ -55,6 +55,7 @@ class ServiceScope:
             raise RuntimeError("an open_service() scope can be entered only once")
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
+        self._svc._body_scope = tg.cancel_scope
         try:
             await tg.start(self._svc._run)
             await self._svc._wait_started()

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .._config import ServiceConfig
 from .._metrics import Recorder, clock, percentile, rate
@@ -82,6 +83,8 @@ class Service:
         self._closing = False
         self._forced = False
         self._failed = False
+        # The cancel scope of the open_service body, cancelled on escalation.
+        self._body_scope: anyio.CancelScope | None = None
         self._closed = anyio.Event()
         self._close_started = False
         self._drained = anyio.Event()
@@ -453,6 +456,12 @@ class Service:
             f"restart_window={self._config.restart_window}s); the service has failed"
         )
 
+    async def _escalated(self) -> NoReturn:
+        # A caller inside the open_service block was cancelled with the body when the
+        # service escalated: let that cancellation out. Callers outside get the error.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._raise_no_healthy()
+
     def _bad_router(self, router: Router, replica: Any) -> NoReturn:
         raise TypeError(
             f"router {type(router).__name__}.get_replica() returned {replica!r}, which is not "
@@ -484,7 +493,7 @@ class Service:
         a replica; bounded by what is left of ``request_timeout``."""
         config = self._config
         if self._failed:
-            self._raise_no_healthy()
+            await self._escalated()
         if self._forced:
             raise ServiceClosedError("the service closed before the request could run")
         limit = config.max_queued_requests
@@ -505,7 +514,7 @@ class Service:
                 while True:
                     await waiter.event.wait()
                     if self._failed:
-                        self._raise_no_healthy()
+                        await self._escalated()
                     if self._forced:
                         raise ServiceClosedError("the service closed before the request could run")
                     if target is not None and target._state is not HEALTHY:
@@ -693,9 +702,6 @@ class Service:
         from ..errors import ServiceFailedError
 
         self._dirty = True
-        # Session requests queued there move elsewhere; restart_replica() and
-        # scale_to() waiting for this replica learn it failed for good.
-        self._wake_everyone()
         budget = (
             f"max_restarts={self._config.max_restarts} within "
             f"restart_window={self._config.restart_window}s"
@@ -703,13 +709,22 @@ class Service:
         cause = replica._last_error
         if self._starting:
             self._failed = True
+            self._wake_everyone()
             raise ServiceFailedError(
                 f"replica {replica.idx} used up its restart budget while the service was "
                 f"starting ({budget}); last error: {cause!r}. Fix the cause and retry."
             ) from cause
         if any(not r._exhausted for r in self._replicas):
+            # Session requests queued there move elsewhere; restart_replica() and
+            # scale_to() waiting for this replica learn it failed for good.
+            self._wake_everyone()
             return
         self._failed = True
+        # The body is cancelled before anyone wakes, so the body's own requests end
+        # by that cancellation (see _escalated), not by NoHealthyReplicasError.
+        if self._body_scope is not None:
+            self._body_scope.cancel()
+        self._wake_everyone()
         raise ServiceFailedError(
             f"every replica used up its restart budget ({budget}); last error: {cause!r}"
         ) from cause

@@ -16,6 +16,7 @@ from forge_sc.mesh._bridge import wait
 from forge_sc.mesh.monarch import MonarchMesh, ReplicaStartError
 
 from ..conftest import wait_for
+from ._support import live_descendants, pid_alive, wait_until
 from .monarch_actors import BadInit, BoomError, Worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
@@ -115,3 +116,57 @@ async def test_as_actor_and_shutdown() -> None:
     await Worker.shutdown(actor)  # idempotent
     with pytest.raises(TypeError, match="as_actor"):
         await Worker.shutdown(object())
+
+
+async def test_two_hosts_per_replica() -> None:
+    """``hosts=2``: each replica is a Monarch ProcessJob of two local hosts, one
+    process each. ``return_first_rank_result=False`` shows every rank."""
+    before = live_descendants()
+    async with open_service(
+        Worker, 2, num_replicas=2, hosts=2, procs=1, return_first_rank_result=False
+    ) as svc:
+        assert await svc.value.route() == [2, 2]  # one value per host
+        assert await svc.rank.route() == [0, 1]
+        pids = await svc.pid.fanout()  # every replica, every rank
+        assert len(pids) == 2 and all(len(p) == 2 for p in pids)
+        flat = [p for per_replica in pids for p in per_replica]
+        assert len(set(flat)) == 4 and os.getpid() not in flat
+        assert set(flat) <= live_descendants() - before
+        # route() round-robins over both replicas.
+        routed = {tuple(await svc.pid.route()) for _ in range(4)}
+        assert routed == {tuple(p) for p in pids}
+        async with svc.session():
+            first = await svc.incr.route()
+            assert first[0] == first[1]
+            assert await svc.incr.route() == [first[0] + 1] * 2
+        assert svc.statistics().healthy_replicas == 2
+    assert wait_until(lambda: not (live_descendants() - before))
+    assert not [p for p in flat if pid_alive(p)]
+
+
+async def test_two_hosts_first_rank_result() -> None:
+    async with open_service(Worker, 3, num_replicas=1, hosts=2) as svc:
+        assert await svc.value.route() == 3  # the first rank's value only
+        assert await svc.rank.route() == 0
+        assert len(await svc.pid.fanout()) == 1
+
+
+async def test_two_hosts_replica_recovers_from_a_killed_rank() -> None:
+    before = live_descendants()
+    async with open_service(
+        Worker,
+        num_replicas=1,
+        hosts=2,
+        return_first_rank_result=False,
+        restart_backoff=0.05,
+    ) as svc:
+        pids = await svc.pid.route()
+        os.kill(pids[1], signal.SIGKILL)  # the second host's process
+        with anyio.fail_after(30):
+            await wait_for(lambda: svc.replicas[0].restarts == 1, timeout=20)
+            await wait_for(lambda: svc.replicas[0].healthy, timeout=20)
+        new_pids = await svc.pid.route()
+        assert len(new_pids) == 2 and not set(new_pids) & set(pids)
+        assert await svc.echo.route(5) == [5, 5]
+    assert wait_until(lambda: not (live_descendants() - before))
+    assert not [p for p in [*pids, *new_pids] if pid_alive(p)]
