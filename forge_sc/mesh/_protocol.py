@@ -71,6 +71,12 @@ class MeshReplica(Protocol):
     #: when cancelling the caller cancels the endpoint itself (FakeMesh).
     detaches_on_cancel: bool
 
+    @property
+    def death(self) -> BaseException | None:
+        """How the replica died, as fully as the backend knows it once ``stop()``
+        returned (the escalation cause); None if it did not die."""
+        ...
+
     async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``endpoint`` on this replica and return its result (the first rank's,
         or a list per rank when ``return_first_rank_result`` is false)."""

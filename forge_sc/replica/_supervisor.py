@@ -72,7 +72,9 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                     replica._last_error = exc
                 else:
                     await _serve(host, replica, inc, handle)
-                    replica._last_error = inc.reason  # the cause, if this escalates
+                    # The cause, if this escalates: the backend's own account of the
+                    # death is the fullest (a call may have seen it first, tersely).
+                    replica._last_error = handle.death or inc.reason
                 first = False
                 replica._state = ReplicaState.FAILED
                 now = anyio.current_time()

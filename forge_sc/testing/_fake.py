@@ -210,6 +210,10 @@ class FakeReplica:
             return
         await self._after_interrupt()
 
+    @property
+    def death(self) -> BaseException | None:
+        return self._reason
+
     async def wait_dead(self) -> BaseException:
         await self._dead.wait()
         assert self._reason is not None

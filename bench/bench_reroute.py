@@ -1,0 +1,211 @@
+"""Crash -> reroute time on real Monarch processes (DESIGN §8: p99 <= 0.5 s, zero lost).
+
+    python bench/bench_reroute.py [--backend asyncio trio] [--kills 20] [--replicas 2]
+                                  [--callers 16] [--health-poll-rate 0.2]
+                                  [--health-timeout 1.0] [--settle 0.5]
+
+A service of ``--replicas`` replicas of an echo actor (round-robin router, capacity
+= callers, so nothing queues for capacity) serves ``--callers`` callers that issue
+``route()`` back to back. ``--kills`` times, once every replica is healthy and the
+traffic ran ``--settle`` seconds, the process of one replica (each in turn) is
+SIGKILLed. Per kill, from the instant of the ``kill()``:
+
+* detect: until the service marks that replica not HEALTHY (no new request is routed
+  to it from then on). Watched from outside every millisecond.
+* reroute: until the last *stranded* request is answered, a stranded request being
+  one answered after the kill and issued before the replica was marked unhealthy
+  (so it was in flight on the dead replica, or was routed to it before detection,
+  or ran on the other replica meanwhile). Its answer comes from another replica,
+  after a retry. This is the longest any caller waited because of the crash.
+* recover: until the replica is HEALTHY again, in a new process.
+
+Printed per backend: p50 / p99 / max over the kills (with 20 kills, p99 is the
+maximum: nearest rank), how many requests were stranded per kill, how each death was
+noticed (the process's pidfd, Monarch's fault hook, a failed call or ping, a ping slower than
+``health_timeout``), requests answered and requests failed ("lost": any exception).
+No assertion on time: these are figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from forge_sc import ForgeActor, endpoint, open_service
+
+clock = time.perf_counter
+
+
+class Echo(ForgeActor):
+    @endpoint
+    async def echo(self, x: int) -> int:
+        return x
+
+    @endpoint
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+async def until(cond: Callable[[], bool], timeout: float = 60.0) -> float:  # noqa: ASYNC109
+    """Poll ``cond`` every millisecond; return the clock when it first held."""
+    with anyio.fail_after(timeout):
+        while not cond():  # noqa: ASYNC110 - a bench watching a state from outside
+            await anyio.sleep(0.001)
+    return clock()
+
+
+def cause(reason: BaseException | None) -> str:
+    text = str(reason)
+    if type(reason).__name__ == "HealthCheckFailed":
+        return "ping timeout"
+    if " died: process " in text:
+        return "pidfd"
+    if " died: " in text:
+        return "fault hook"
+    if " is gone: " in text:
+        return "failed call/ping"
+    return f"{type(reason).__name__}: {text.splitlines()[0][:60] if text else ''}"
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    detect: list[float] = []
+    reroute: list[float] = []
+    recover: list[float] = []
+    stranded_counts: list[int] = []
+    causes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    answered = 0
+    log: list[tuple[float, float]] = []  # (issued, answered) of requests answered since reset
+    current: dict[int, float] = {}  # caller -> issue time of its request in flight
+    stop = False
+
+    async with open_service(
+        Echo,
+        num_replicas=args.replicas,
+        health_poll_rate=args.health_poll_rate,
+        health_timeout=args.health_timeout,
+        replica_max_concurrent_requests=args.callers,
+        restart_backoff=0.05,
+        restart_window=1.0,  # kills of one replica are further apart: no growing backoff
+        max_restarts=10 * args.kills + 10,
+    ) as svc:
+
+        async def caller(c: int) -> None:
+            nonlocal answered
+            i = 0
+            while not stop:
+                t0 = current[c] = clock()
+                try:
+                    value = await svc.echo.route(i)
+                except Exception as exc:
+                    errors[type(exc).__name__] += 1
+                else:
+                    assert value == i, (value, i)
+                    answered += 1
+                t1 = clock()
+                del current[c]
+                log.append((t0, t1))
+                i += 1
+
+        async with anyio.create_task_group() as tg:
+            for c in range(args.callers):
+                tg.start_soon(caller, c)
+            for k in range(args.kills):
+                victim = k % args.replicas
+                replica = svc.replicas[victim]
+                await until(lambda: all(r.healthy for r in svc.replicas))
+                await anyio.sleep(args.settle)
+                pid = (await svc.pid.fanout())[victim]
+                inc = replica._inc  # bench-only: to tell the new incarnation apart
+                log.clear()
+                kill_at = clock()
+                os.kill(pid, signal.SIGKILL)
+                detect_at = await until(lambda r=replica: not r.healthy)  # type: ignore[misc]
+                recovered_at = await until(
+                    lambda r=replica, i=inc: r.healthy and r._inc is not i  # type: ignore[misc]
+                )
+                # Every request issued before detection has been answered.
+                await until(lambda d=detect_at: all(t > d for t in current.values()))
+                stranded = [t1 for t0, t1 in log if t0 < detect_at and t1 > kill_at]
+                detect.append(detect_at - kill_at)
+                reroute.append((max(stranded) if stranded else detect_at) - kill_at)
+                recover.append(recovered_at - kill_at)
+                stranded_counts.append(len(stranded))
+                causes[cause(replica._last_error)] += 1
+                if args.verbose:
+                    print(
+                        f"  kill {k + 1:2d} replica {victim}: detect {detect[-1] * 1e3:6.1f} ms"
+                        f"  reroute {reroute[-1] * 1e3:6.1f} ms  recover {recover[-1]:.2f} s"
+                        f"  stranded {len(stranded)}  ({cause(replica._last_error)})"
+                    )
+            stop = True
+    return {
+        "detect": detect,
+        "reroute": reroute,
+        "recover": recover,
+        "stranded": stranded_counts,
+        "causes": causes,
+        "errors": errors,
+        "answered": answered,
+    }
+
+
+def fmt(values: list[float], unit: float = 1e3, suffix: str = "ms") -> str:
+    return (
+        f"p50 {statistics.median(values) * unit:7.1f} {suffix}  p99 {pct(values, 0.99) * unit:7.1f}"
+        f" {suffix}  max {max(values) * unit:7.1f} {suffix}"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", nargs="+", default=["asyncio", "trio"])
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--callers", type=int, default=16)
+    p.add_argument("--health-poll-rate", type=float, default=0.2)
+    p.add_argument("--health-timeout", type=float, default=1.0)
+    p.add_argument("--settle", type=float, default=0.5, help="traffic before each kill, s")
+    p.add_argument("-v", "--verbose", action="store_true", help="one line per kill")
+    args = p.parse_args()
+    print(
+        f"{args.replicas} replicas, {args.callers} callers, {args.kills} SIGKILLs, "
+        f"health_poll_rate={args.health_poll_rate}, health_timeout={args.health_timeout}, "
+        f"HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY="
+        f"{os.environ.get('HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY', '(forge_sc default)')}"
+    )
+    for backend in args.backend:
+        r = anyio.run(run, args, backend=backend)
+        lost = sum(r["errors"].values())
+        print(f"[{backend}]")
+        print(f"  kill -> marked unhealthy : {fmt(r['detect'])}")
+        print(f"  kill -> rerouted         : {fmt(r['reroute'])}   (target p99 <= 500 ms)")
+        print(f"  kill -> healthy again    : {fmt(r['recover'], 1.0, 's ')}")
+        print(
+            f"  stranded requests per kill: mean {statistics.mean(r['stranded']):.1f}, "
+            f"max {max(r['stranded'])}; noticed by: {dict(r['causes'])}"
+        )
+        print(
+            f"  answered {r['answered']:,}, lost {lost}"
+            + (f" {dict(r['errors'])}" if lost else "")
+            + "  (target: zero lost)"
+        )
+
+
+if __name__ == "__main__":
+    main()
