@@ -707,24 +707,24 @@ class Service:
             f"restart_window={self._config.restart_window}s"
         )
         cause = replica._last_error
-        if self._starting:
+        escalate = self._starting or all(r._exhausted for r in self._replicas)
+        if escalate:
             self._failed = True
-            self._wake_everyone()
+            # The body is cancelled before anyone wakes, so the body's own requests
+            # end by that cancellation (see _escalated), not by NoHealthyReplicasError.
+            if not self._starting and self._body_scope is not None:
+                self._body_scope.cancel()
+        # Session requests queued there move elsewhere; restart_replica() and
+        # scale_to() waiting for this replica learn it failed for good; after an
+        # escalation, every waiting request learns the service failed.
+        self._wake_everyone()
+        if not escalate:
+            return
+        if self._starting:
             raise ServiceFailedError(
                 f"replica {replica.idx} used up its restart budget while the service was "
                 f"starting ({budget}); last error: {cause!r}. Fix the cause and retry."
             ) from cause
-        if any(not r._exhausted for r in self._replicas):
-            # Session requests queued there move elsewhere; restart_replica() and
-            # scale_to() waiting for this replica learn it failed for good.
-            self._wake_everyone()
-            return
-        self._failed = True
-        # The body is cancelled before anyone wakes, so the body's own requests end
-        # by that cancellation (see _escalated), not by NoHealthyReplicasError.
-        if self._body_scope is not None:
-            self._body_scope.cancel()
-        self._wake_everyone()
         raise ServiceFailedError(
             f"every replica used up its restart budget ({budget}); last error: {cause!r}"
         ) from cause
