@@ -195,6 +195,7 @@ async def test_outside_caller_after_escalation_gets_no_healthy() -> None:
                 mesh.crash(0)
                 await anyio.sleep_forever()
     assert len(errors) == 1
+    assert type(errors[0]) is NoHealthyReplicasError
 
 
 async def test_restart_replica_returns_when_the_replica_fails_for_good() -> None:
@@ -285,3 +286,32 @@ async def test_escalation_while_the_body_awaits_a_request() -> None:
                 pytest.fail("the body must have been cancelled")  # pragma: no cover
     assert type(info.value) is ServiceFailedError
     assert running_tasks() == before
+
+
+async def test_escalation_fails_outside_batched_callers_with_no_healthy() -> None:
+    """A batch waiting for a replica when the service escalates: its callers outside
+    the block get ``NoHealthyReplicasError``, like any request from outside."""
+    mesh = FakeMesh()
+    errors: list[BaseException] = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as outer:
+            with pytest.raises(ServiceFailedError):
+                async with open_service(
+                    Counter, num_replicas=1, mesh=mesh, max_restarts=1,
+                    health_poll_rate=0.01, health_timeout=0.05, restart_backoff=0.2,
+                ) as svc:  # fmt: skip
+
+                    async def outside(x: int) -> None:
+                        try:
+                            await svc.predict.route(x)
+                        except Exception as exc:
+                            errors.append(exc)
+
+                    mesh.fail_spawns(0, 5)
+                    mesh.crash(0)  # recovers in 0.1-0.2 s, then its spawn fails
+                    await wait_for(lambda: svc.replicas[0].state is ReplicaState.RECOVERING)
+                    for x in range(3):
+                        outer.start_soon(outside, x)
+                    await anyio.sleep_forever()
+    assert len(errors) == 3
+    assert all(type(e) is NoHealthyReplicasError for e in errors), errors

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._metrics import Recorder, clock
-from ..errors import BatchResultError, ServiceClosedError
+from ..errors import BatchResultError, ServiceClosedError, ServiceError
 from ..service._endpoints import EndpointSpec
 from ..service._stats import BatcherStatistics
 
@@ -145,9 +145,7 @@ class Batcher:
             finally:
                 # The service is stopping: whoever still waits gets a clear error.
                 for item in self._pending:
-                    item.error = ServiceClosedError(
-                        f"{self._spec.name}: the service closed before this call was batched"
-                    )
+                    item.error = self._closed_error("before this call was batched")
                     item.done.set()
                 self._pending.clear()
 
@@ -209,17 +207,19 @@ class Batcher:
             )
             _check_length(self._spec, result, n)
         except anyio.get_cancelled_exc_class():
-            self._settle(
-                items,
-                error=ServiceClosedError(
-                    f"{self._spec.name}: the service closed while this batch was running"
-                ),
-            )
+            self._settle(items, error=self._closed_error("while this batch was running"))
             raise
         except Exception as exc:
             self._settle(items, error=exc)
             return
         self._settle(items, results=result)
+
+    def _closed_error(self, when: str) -> ServiceError:
+        """For callers whose batch the closing service cancelled: the error any
+        request of theirs would get now."""
+        if self._svc._failed:  # escalated: callers outside the block learn that
+            return self._svc._failed_error()
+        return ServiceClosedError(f"{self._spec.name}: the service closed {when}")
 
     def _settle(
         self,

@@ -450,7 +450,11 @@ class Service:
             )
 
     def _raise_no_healthy(self) -> NoReturn:
-        raise NoHealthyReplicasError(
+        raise self._failed_error()
+
+    def _failed_error(self) -> NoHealthyReplicasError:
+        """What a request of a service that escalated gets."""
+        return NoHealthyReplicasError(
             "every replica of the service used up its restart budget "
             f"(max_restarts={self._config.max_restarts} within "
             f"restart_window={self._config.restart_window}s); the service has failed"
