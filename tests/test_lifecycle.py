@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -315,3 +317,37 @@ async def test_escalation_fails_outside_batched_callers_with_no_healthy() -> Non
                     await anyio.sleep_forever()
     assert len(errors) == 3
     assert all(type(e) is NoHealthyReplicasError for e in errors), errors
+
+
+class _Bare:
+    """A third-party replica: the protocol's members only (no ``death``)."""
+
+    def __init__(self, inner: FakeReplica) -> None:
+        self.detaches_on_cancel = inner.detaches_on_cancel
+        self.call = inner.call
+        self.ping = inner.ping
+        self.wait_dead = inner.wait_dead
+        self.stop = inner.stop
+
+
+class BareMesh:
+    """A third-party mesh built on FakeMesh's replicas."""
+
+    def __init__(self) -> None:
+        self.fake = FakeMesh()
+
+    def lifespan(self) -> Any:
+        return self.fake.lifespan()
+
+    async def spawn(self, spec: SpawnSpec) -> _Bare:
+        return _Bare(await self.fake.spawn(spec))
+
+
+async def test_third_party_mesh_without_death_attribute() -> None:
+    mesh = BareMesh()
+    with pytest.raises(ServiceFailedError, match="last error") as info:
+        async with open_service(Counter, num_replicas=1, mesh=mesh, max_restarts=0, **FAST) as svc:
+            assert await svc.value.route() == 0
+            mesh.fake.crash(0)
+            await anyio.sleep_forever()
+    assert "crashed" in str(info.value.__cause__)

@@ -71,11 +71,9 @@ class MeshReplica(Protocol):
     #: when cancelling the caller cancels the endpoint itself (FakeMesh).
     detaches_on_cancel: bool
 
-    @property
-    def death(self) -> BaseException | None:
-        """How the replica died, as fully as the backend knows it once ``stop()``
-        returned (the escalation cause); None if it did not die."""
-        ...
+    # Optional, not part of the structural check: ``death``, how the replica died as
+    # fully as the backend knows it once ``stop()`` returned (None if it did not).
+    # The core quotes it as the escalation cause when present.
 
     async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``endpoint`` on this replica and return its result (the first rank's,

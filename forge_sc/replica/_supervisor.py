@@ -74,7 +74,7 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                     await _serve(host, replica, inc, handle)
                     # The cause, if this escalates: the backend's own account of the
                     # death is the fullest (a call may have seen it first, tersely).
-                    replica._last_error = handle.death or inc.reason
+                    replica._last_error = getattr(handle, "death", None) or inc.reason
                 first = False
                 replica._state = ReplicaState.FAILED
                 now = anyio.current_time()
