@@ -73,7 +73,7 @@ def cause(reason: BaseException | None) -> str:
     text = str(reason)
     if type(reason).__name__ == "HealthCheckFailed":
         return "ping timeout"
-    if " died: process " in text:
+    if " died: process " in text or "pidfd" in text:
         return "pidfd"
     if " died: " in text:
         return "fault hook"

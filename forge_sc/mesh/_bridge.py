@@ -29,7 +29,7 @@ work resolved.
 
 The module relies on two private Monarch APIs, ``Future._take_inner`` and
 ``PythonTask.from_coroutine(...).spawn()`` (plus ``Future.as_asyncio`` on asyncio);
-``tests/monarch/test_bridge.py`` fails loudly if either changes.
+``tests/monarch/test_monarch_bridge.py`` fails loudly if either changes.
 """
 
 from __future__ import annotations

@@ -383,7 +383,8 @@ class MonarchReplica:
         text = f"{self._label} died: {_summary(report)}\n{report}"
         if self._death is not None:
             if reported and not self._reported.is_set():
-                self._death.args = (text,)  # the exception callers and logs hold
+                # The exception callers and logs hold.
+                self._death.args = (f"{text}\n(noticed first by the process's pidfd)",)
                 self._reported.set()
             return
         if self._stopping:
