@@ -1,7 +1,7 @@
 """Awaiting Monarch futures from anyio code, on asyncio and on trio.
 
 A Monarch ``Future`` is awaitable only on an asyncio loop. On asyncio, :func:`wait`
-awaits the ``asyncio.Future`` that Monarch's handle gives. On trio, the future's
+awaits the ``asyncio.Future`` that Monarch's handle gives, directly. On trio, the future's
 one-shot task is handed to Monarch's own Tokio runtime inside a small relay coroutine;
 when the task resolves, the relay (on a Tokio thread) stores the outcome and wakes the
 trio run through its ``TrioToken``. Wake-ups are coalesced: completions that arrive
@@ -23,7 +23,9 @@ trio, ``to_thread.run_sync(handle.get)``    759-793 us           2,850-3,210 cal
 
 Both waits are interruptible as a group (:class:`CallGroup`): when a replica dies or is
 stopped, every wait registered with its group raises at once, without a cancel scope
-per call. A cancelled wait leaves the remote work running (Monarch cannot abort it);
+per call (on asyncio the group cancels the waiting task, which then raises the group's
+exception instead, unless a real cancellation is pending too). A cancelled wait
+leaves the remote work running (Monarch cannot abort it);
 its ``on_abandoned`` callback runs exactly once, on the event loop thread, after that
 work resolved.
 
@@ -81,10 +83,7 @@ class CallGroup:
         self._make_exc = make_exc
         waiters, self._waiters = self._waiters, set()
         for w in waiters:
-            if isinstance(w, _TrioWaiter):
-                w.interrupt(make_exc())
-            elif not w.done():
-                w.set_exception(make_exc())
+            w.interrupt(make_exc())
 
     def _raise_if_closed(self) -> None:
         if self._make_exc is not None:
@@ -114,23 +113,27 @@ async def wait(
 # ---------------------------------------------------------------- asyncio
 
 
-def _settle_asyncio(waiter: asyncio.Future[Any], done: asyncio.Future[Any]) -> None:
-    # Always read the outcome, so asyncio never logs "exception never retrieved".
-    if done.cancelled():
-        if not waiter.done():
-            waiter.set_exception(RuntimeError("Monarch cancelled the call's future"))
-        return
-    exc = done.exception()
-    if waiter.done():
-        return
-    if exc is None:
-        waiter.set_result(done.result())
-    else:
-        waiter.set_exception(exc)
+class _AsyncioWaiter:
+    """One asyncio task awaiting one Monarch call's future directly: no extra future
+    (and no extra event-loop iteration) per call. A group interrupts it by cancelling
+    the task and telling it why; the task turns that into the group's exception."""
+
+    __slots__ = ("exc", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.exc: BaseException | None = None
+
+    def interrupt(self, exc: BaseException) -> None:
+        if self.exc is None:
+            self.exc = exc
+            self.task.cancel()
 
 
 def _call_abandoned(on_abandoned: Callable[[], None], done: asyncio.Future[Any]) -> None:
-    on_abandoned()  # ``done`` was read by _settle_asyncio
+    if not done.cancelled():
+        done.exception()  # read, so asyncio never logs "exception never retrieved"
+    on_abandoned()
 
 
 async def _wait_asyncio(
@@ -139,25 +142,28 @@ async def _wait_asyncio(
     if group is not None:
         group._raise_if_closed()
     done: asyncio.Future[T] = fut.as_asyncio()  # sends the call
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[T] = loop.create_future()
-    done.add_done_callback(partial(_settle_asyncio, waiter))
-    if group is not None:
+    if group is None:
+        waiter = None
+    else:
+        task = asyncio.current_task()
+        assert task is not None
+        waiter = _AsyncioWaiter(task)
         group._waiters.add(waiter)
     try:
-        return await waiter
+        return await done
     except asyncio.CancelledError:
-        # (A waiter settled in the same tick as the cancel was already read by the
-        # task's wake-up: asyncio's Task.__wakeup calls result() before cancelling.)
+        # Cancelling the task cancelled ``done``, a loop-local observer of the call;
+        # the call itself runs on (Monarch cannot abort it).
+        if waiter is not None and waiter.exc is not None and waiter.task.uncancel() == 0:
+            raise waiter.exc from None  # interrupted by the group, and only by it
         if on_abandoned is not None:
-            if done.done():
-                loop.call_soon(_call_abandoned, on_abandoned, done)
-            else:
-                done.add_done_callback(partial(_call_abandoned, on_abandoned))
+            # A fresh observer of the same call tells when the remote work resolved.
+            observer: asyncio.Future[T] = fut.as_asyncio()
+            observer.add_done_callback(partial(_call_abandoned, on_abandoned))
         raise
     finally:
-        if group is not None:
-            group._waiters.discard(waiter)
+        if waiter is not None:
+            group._waiters.discard(waiter)  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------- trio
