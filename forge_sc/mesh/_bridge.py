@@ -162,8 +162,8 @@ async def _wait_asyncio(
             observer.add_done_callback(partial(_call_abandoned, on_abandoned))
         raise
     finally:
-        if waiter is not None:
-            group._waiters.discard(waiter)  # type: ignore[union-attr]
+        if group is not None:
+            group._waiters.discard(waiter)
 
 
 # ---------------------------------------------------------------- trio
