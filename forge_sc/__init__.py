@@ -14,17 +14,17 @@ from ._actor import endpoint as endpoint
 from ._actor import service_endpoint as service_endpoint
 from ._config import ServiceConfig as ServiceConfig
 from ._open import open_service as open_service
-from .replica import Replica as Replica
-from .replica import ReplicaState as ReplicaState
-from .routing import LeastLoadedRouter as LeastLoadedRouter
-from .routing import PowerOfTwoRouter as PowerOfTwoRouter
-from .routing import RoundRobinRouter as RoundRobinRouter
-from .routing import Router as Router
-from .routing import SessionRouter as SessionRouter
-from .service import BatcherStatistics as BatcherStatistics
-from .service import ReplicaMetrics as ReplicaMetrics
-from .service import Service as Service
-from .service import ServiceMetrics as ServiceMetrics
+from ._replica import Replica as Replica
+from ._replica import ReplicaState as ReplicaState
+from ._routing import LeastLoadedRouter as LeastLoadedRouter
+from ._routing import PowerOfTwoRouter as PowerOfTwoRouter
+from ._routing import RoundRobinRouter as RoundRobinRouter
+from ._routing import Router as Router
+from ._routing import SessionRouter as SessionRouter
+from ._service import BatcherStatistics as BatcherStatistics
+from ._service import ReplicaMetrics as ReplicaMetrics
+from ._service import Service as Service
+from ._service import ServiceMetrics as ServiceMetrics
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 ForgeActor is a Monarch ``Actor``, so this module (unlike the service core) imports
 Monarch. An endpoint is a Monarch endpoint that also carries the service-level options
-(router, batching, idempotence) as an :class:`~forge_sc.service._endpoints.EndpointSpec`.
+(router, batching, idempotence) as an :class:`~forge_sc._spec.EndpointSpec`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
 from ._config import ServiceConfig, config_field_names
-from .routing import RoundRobinRouter
-from .service._endpoints import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
+from ._routing import RoundRobinRouter
+from ._spec import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
 
 if TYPE_CHECKING:
-    from .mesh.compat import HostedService
+    from ._compat import HostedService
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
@@ -127,7 +127,7 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
     @classmethod
     async def shutdown(cls, actor: Any) -> None:
         """Stop an actor mesh made by :meth:`as_actor` and its processes."""
-        from .mesh.compat import shutdown_actor
+        from ._compat import shutdown_actor
 
         await shutdown_actor(actor)
 
@@ -160,14 +160,14 @@ class ConfiguredActor:
         """Start a service and return its handle; stop it with ``await svc.shutdown()``.
 
         The service's task group lives in a dedicated host (see
-        :mod:`forge_sc.mesh.compat`); prefer ``async with open_service(...)``.
+        :mod:`forge_sc._compat`); prefer ``async with open_service(...)``.
         """
-        from .mesh.compat import start_hosted_service
+        from ._compat import start_hosted_service
 
         return await start_hosted_service(self, args, kwargs)
 
     async def as_actor(self, *args: Any, **kwargs: Any) -> Any:
         """Spawn the actor on ``procs`` new processes and return the Monarch actor mesh."""
-        from .mesh.compat import spawn_actor
+        from ._compat import spawn_actor
 
         return await spawn_actor(self, args, kwargs)

@@ -6,10 +6,10 @@ from typing import Any
 
 from ._actor import ConfiguredActor, ForgeActor
 from ._config import ServiceConfig, config_field_names
-from .mesh import Mesh
-from .service._endpoints import collect_endpoints
-from .service._scope import ServiceScope
-from .service._service import Service
+from ._service._scope import ServiceScope
+from ._service._service import Service
+from ._spec import collect_endpoints
+from .mesh._protocol import Mesh
 
 __all__ = ["open_service"]
 

@@ -25,7 +25,7 @@ from forge_sc import (
     open_service,
     service_endpoint,
 )
-from forge_sc.service._endpoints import collect_endpoints
+from forge_sc._spec import collect_endpoints
 from forge_sc.testing import FakeMesh
 
 from .actors import Counter, Failing

@@ -34,8 +34,8 @@ import anyio
 import sniffio
 import trio
 
+from .._spec import collect_endpoints
 from ..mesh import ReplicaGone, SpawnSpec
-from ..service._endpoints import collect_endpoints
 
 __all__ = ["FakeMesh", "InjectedSpawnFailure"]
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "forge_sc/service/_service.py"
-HANDLE = "forge_sc/service/_handle.py"
-BATCHER = "forge_sc/batching/_batcher.py"
-SUPERVISOR = "forge_sc/replica/_supervisor.py"
+SERVICE = "forge_sc/_service/_service.py"
+HANDLE = "forge_sc/_service/_handle.py"
+BATCHER = "forge_sc/_batching/_batcher.py"
+SUPERVISOR = "forge_sc/_replica/_supervisor.py"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..replica import Replica
+    from .._replica import Replica
 
 __all__ = [
     "LeastLoadedRouter",

@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from ..replica import ReplicaState
+from ._replica import ReplicaState
 
 __all__ = ["BatcherStatistics", "ReplicaMetrics", "ServiceMetrics"]
 

@@ -33,14 +33,14 @@ import anyio.lowlevel
 import outcome
 import trio
 
-from ..errors import ServiceClosedError
-from ._protocol import SpawnSpec
-from .monarch import MonarchMesh, MonarchReplica
+from .errors import ServiceClosedError
+from .mesh._protocol import SpawnSpec
+from .mesh.monarch import MonarchMesh, MonarchReplica
 
 if TYPE_CHECKING:
-    from .._actor import ConfiguredActor
-    from ..service import Service
-    from ..service._handle import ServiceEndpoint
+    from ._actor import ConfiguredActor
+    from ._service import Service
+    from ._service._handle import ServiceEndpoint
 
 __all__ = ["HostedService", "shutdown_actor", "spawn_actor", "start_hosted_service"]
 
@@ -56,7 +56,7 @@ async def spawn_actor(configured: ConfiguredActor, args: tuple[Any, ...], kwargs
     """Spawn ``configured.actor_cls(*args, **kwargs)`` on ``procs`` new processes
     (``hosts``, ``with_gpus`` honoured) and return Monarch's actor mesh, once the
     actor is constructed. Stop it with :func:`shutdown_actor`."""
-    from .._config import ServiceConfig
+    from ._config import ServiceConfig
 
     config = ServiceConfig(**configured.options_)
     spec = SpawnSpec(
@@ -122,7 +122,7 @@ class _ServiceHost:
         self, configured: ConfiguredActor, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Service:
         """Worker thread: start the portal, then enter the service inside it."""
-        from .._open import open_service
+        from ._open import open_service
 
         try:
             portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal("asyncio"))

@@ -21,6 +21,10 @@ import anyio.lowlevel
 
 from .._config import ServiceConfig
 from .._metrics import Recorder, clock, percentile, rate
+from .._replica import Incarnation, Replica, ReplicaState, supervise
+from .._routing import LeastLoadedRouter, Router, SessionRouter
+from .._spec import EndpointSpec
+from .._stats import ReplicaMetrics, ServiceMetrics
 from .._waiters import Waiter, WaitQueue
 from ..errors import (
     NoHealthyReplicasError,
@@ -29,12 +33,8 @@ from ..errors import (
     ServiceError,
     ServiceOverloadedError,
 )
-from ..mesh import Mesh, ReplicaGone, SpawnSpec
-from ..replica import Incarnation, Replica, ReplicaState, supervise
-from ..routing import LeastLoadedRouter, Router, SessionRouter
+from ..mesh._protocol import Mesh, ReplicaGone, SpawnSpec
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
-from ._endpoints import EndpointSpec
-from ._stats import ReplicaMetrics, ServiceMetrics
 
 __all__ = ["Service"]
 
@@ -803,7 +803,7 @@ class Service:
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The service's own task: owns the mesh lifespan and every internal task."""
-        from ..batching import Batcher
+        from .._batching import Batcher
         from ._autoscaler import autoscale
 
         try:

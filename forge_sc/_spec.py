@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from ..routing import RoundRobinRouter, RouterFactory, make_router_factory
+from ._routing import RoundRobinRouter, RouterFactory, make_router_factory
 
 __all__ = ["RESERVED_NAMES", "EndpointSpec", "collect_endpoints", "make_spec"]
 

@@ -17,7 +17,7 @@ from .._metrics import Recorder
 from .._waiters import WaitQueue
 
 if TYPE_CHECKING:
-    from ..mesh import MeshReplica
+    from ..mesh._protocol import MeshReplica
 
 __all__ = ["Incarnation", "Replica", "ReplicaState"]
 

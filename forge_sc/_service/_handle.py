@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .._spec import EndpointSpec
 from ._context import CURRENT_SESSIONS
-from ._endpoints import EndpointSpec
 
 if TYPE_CHECKING:
     from ._service import Service
@@ -71,7 +71,7 @@ class ServiceEndpoint:
         results in replica-index order. Raises ``FanoutError`` if any raised."""
         spec = self._spec
         if spec.batch_size > 1:
-            from ..batching import merge_one, split_one
+            from .._batching import merge_one, split_one
 
             results = await self._svc._fanout(spec, *merge_one(args, kwargs))
             return [split_one(spec, r) for r in results]
@@ -105,7 +105,7 @@ async def _batch_of_one(
     sess_id: str,
 ) -> Any:
     """A call in a session is never merged: it goes alone, as a batch of one."""
-    from ..batching import merge_one, split_one
+    from .._batching import merge_one, split_one
 
     bargs, bkwargs = merge_one(args, kwargs)
     return split_one(spec, await svc._request(spec, router, bargs, bkwargs, sess_id))

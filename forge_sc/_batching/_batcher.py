@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._metrics import Recorder, clock
+from .._spec import EndpointSpec
+from .._stats import BatcherStatistics
 from ..errors import BatchResultError, ServiceClosedError, ServiceError
-from ..service._endpoints import EndpointSpec
-from ..service._stats import BatcherStatistics
 
 if TYPE_CHECKING:
-    from ..routing import Router
-    from ..service._service import Service
+    from .._routing import Router
+    from .._service._service import Service
 
 __all__ = ["Batcher", "merge_one", "split_one"]
 

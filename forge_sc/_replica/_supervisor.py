@@ -17,7 +17,7 @@ import anyio
 
 from .._config import ServiceConfig
 from ..errors import ServiceFailedError
-from ..mesh import Mesh, MeshReplica, SpawnSpec
+from ..mesh._protocol import Mesh, MeshReplica, SpawnSpec
 from ._replica import Incarnation, Replica, ReplicaState
 
 __all__ = ["MAX_BACKOFF", "SupervisorHost", "supervise"]
