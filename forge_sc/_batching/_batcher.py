@@ -10,20 +10,43 @@ request path: router, queue, retry on replica death, ``idempotent`` honoured).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 
 from .._metrics import Recorder, clock
+from .._routing import Router
 from .._spec import EndpointSpec
 from .._stats import BatcherStatistics
-from ..errors import BatchResultError, ServiceClosedError, ServiceError
+from ..errors import BatchResultError, ServiceError
 
-if TYPE_CHECKING:
-    from .._routing import Router
-    from .._service._service import Service
+__all__ = ["BatchHost", "Batcher", "merge_one", "split_one"]
 
-__all__ = ["Batcher", "merge_one", "split_one"]
+
+class BatchHost(Protocol):
+    """What a batcher needs from the service that owns it (the service is one)."""
+
+    def _admit(self) -> None:
+        """Count a new request in flight, or raise if the service takes none."""
+
+    def _leave(self) -> None:
+        """The request counted by ``_admit`` has ended."""
+
+    def _closed_error(self, message: str) -> ServiceError:
+        """What a request that the closing (or failed) service cancelled gets."""
+        ...
+
+    async def _request(
+        self,
+        spec: EndpointSpec,
+        router: Router,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sess_id: str | None,
+        also: Recorder | None = None,
+    ) -> Any:
+        """Run one request on one replica (routing, queueing, retries)."""
+
 
 _PENDING, _TAKEN, _SENT = 0, 1, 2
 
@@ -75,7 +98,7 @@ def _check_length(spec: EndpointSpec, result: Any, n: int) -> None:
 class Batcher:
     """Batches the stateless calls of one endpoint of one service."""
 
-    def __init__(self, svc: Service, spec: EndpointSpec, router: Router) -> None:
+    def __init__(self, svc: BatchHost, spec: EndpointSpec, router: Router) -> None:
         self._svc = svc
         self._spec = spec
         self._router = router
@@ -109,10 +132,8 @@ class Batcher:
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Add one call to the next batch and wait for its own result."""
         svc = self._svc
-        if svc._closing or svc._failed:
-            svc._check_open()
+        svc._admit()
         item = _Item(args, kwargs, anyio.current_time())
-        svc._inflight += 1
         try:
             pending = self._pending
             pending.append(item)
@@ -129,9 +150,7 @@ class Batcher:
                 raise item.error
             return item.result
         finally:
-            svc._inflight -= 1
-            if svc._closing and svc._inflight == 0:
-                svc._drained.set()
+            svc._leave()
 
     async def run(self) -> None:
         """The batcher task: form batches, send each from its own task."""
@@ -217,9 +236,7 @@ class Batcher:
     def _closed_error(self, when: str) -> ServiceError:
         """For callers whose batch the closing service cancelled: the error any
         request of theirs would get now."""
-        if self._svc._failed:  # escalated: callers outside the block learn that
-            return self._svc._failed_error()
-        return ServiceClosedError(f"{self._spec.name}: the service closed {when}")
+        return self._svc._closed_error(f"{self._spec.name}: the service closed {when}")
 
     def _settle(
         self,

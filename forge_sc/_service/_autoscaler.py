@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import anyio
 
+from .._config import ServiceConfig
 from ..errors import NoHealthyReplicasError, ServiceClosedError
 
-if TYPE_CHECKING:
-    from ._service import Service
+__all__ = ["ScalingHost", "autoscale", "desired_replicas"]
 
-__all__ = ["autoscale", "desired_replicas"]
+
+class ScalingHost(Protocol):
+    """What the autoscaler reads and drives (the service is one)."""
+
+    _config: ServiceConfig
+    _closing: bool
+    _inflight: int  # requests admitted and not yet ended
+
+    @property
+    def replicas(self) -> list[Any]: ...
+
+    async def scale_to(self, num_replicas: int) -> None: ...
 
 
 def desired_replicas(ongoing: int, target: float, low: int, high: int) -> int:
@@ -20,7 +31,7 @@ def desired_replicas(ongoing: int, target: float, low: int, high: int) -> int:
     return max(low, min(high, math.ceil(ongoing / target)))
 
 
-async def autoscale(svc: Service) -> None:
+async def autoscale(svc: ScalingHost) -> None:
     """Sample the load every ``health_poll_rate`` s; scale when the desired count has
     differed from the current one for ``upscale_delay`` / ``downscale_delay`` s."""
     config = svc._config
@@ -32,7 +43,7 @@ async def autoscale(svc: Service) -> None:
         await anyio.sleep(config.health_poll_rate)
         if svc._closing:
             return
-        current = len(svc._replicas)
+        current = len(svc.replicas)
         want = desired_replicas(svc._inflight, config.target_ongoing_requests, low, high)
         step = (want > current) - (want < current)
         now = anyio.current_time()

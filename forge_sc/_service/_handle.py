@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
+from .._batching import Batcher, merge_one, split_one
+from .._metrics import Recorder
+from .._routing import Router
 from .._spec import EndpointSpec
 from ._context import CURRENT_SESSIONS
 
-if TYPE_CHECKING:
-    from ._service import Service
+__all__ = ["Dispatcher", "ServiceEndpoint"]
 
-__all__ = ["ServiceEndpoint"]
+
+class Dispatcher(Protocol):
+    """What an endpoint handle needs from its service (the service is one)."""
+
+    async def _request(
+        self,
+        spec: EndpointSpec,
+        router: Router,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sess_id: str | None,
+        also: Recorder | None = None,
+    ) -> Any: ...
+
+    async def _fanout(
+        self, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Any]: ...
+
 
 _NOT_ON_SERVICE = (
     "You tried to use {verb}() on a service, not an actor. "
@@ -25,11 +44,15 @@ class ServiceEndpoint:
 
     __slots__ = ("_batcher", "_spec", "_svc", "router")
 
-    def __init__(self, svc: Service, spec: EndpointSpec) -> None:
+    def __init__(self, svc: Dispatcher, spec: EndpointSpec) -> None:
         self._svc = svc
         self._spec = spec
-        self.router = spec.router()
-        self._batcher: Any = None
+        self.router: Router = spec.router()
+        self._batcher: Batcher | None = None
+
+    def _bind(self, batcher: Batcher) -> None:
+        """Give a batched endpoint its batcher (made when the service starts)."""
+        self._batcher = batcher
 
     def __repr__(self) -> str:
         return f"<ServiceEndpoint {self._spec.name}>"
@@ -61,8 +84,8 @@ class ServiceEndpoint:
             if sess_id is None:
                 batcher = self._batcher
                 if batcher is None:
-                    batcher = self._batcher = svc._batchers[spec.name]
-                return batcher.submit(args, kwargs)  # type: ignore[no-any-return]
+                    raise RuntimeError(f"{spec.name}: the service was never started")
+                return batcher.submit(args, kwargs)
             return _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
         return svc._request(spec, self.router, args, kwargs, sess_id)
 
@@ -71,8 +94,6 @@ class ServiceEndpoint:
         results in replica-index order. Raises ``FanoutError`` if any raised."""
         spec = self._spec
         if spec.batch_size > 1:
-            from .._batching import merge_one, split_one
-
             results = await self._svc._fanout(spec, *merge_one(args, kwargs))
             return [split_one(spec, r) for r in results]
         return await self._svc._fanout(spec, args, kwargs)
@@ -97,15 +118,13 @@ class ServiceEndpoint:
 
 
 async def _batch_of_one(
-    svc: Service,
+    svc: Dispatcher,
     spec: EndpointSpec,
-    router: Any,
+    router: Router,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     sess_id: str,
 ) -> Any:
     """A call in a session is never merged: it goes alone, as a batch of one."""
-    from .._batching import merge_one, split_one
-
     bargs, bkwargs = merge_one(args, kwargs)
     return split_one(spec, await svc._request(spec, router, bargs, bkwargs, sess_id))

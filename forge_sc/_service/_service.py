@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._batching import Batcher
 from .._config import ServiceConfig
 from .._metrics import Recorder, clock, percentile, rate
 from .._replica import Incarnation, Replica, ReplicaState, supervise
@@ -27,14 +28,18 @@ from .._spec import EndpointSpec
 from .._stats import ReplicaMetrics, ServiceMetrics
 from .._waiters import Waiter, WaitQueue
 from ..errors import (
+    FanoutError,
     NoHealthyReplicasError,
     ReplicaDiedError,
     ServiceClosedError,
     ServiceError,
+    ServiceFailedError,
     ServiceOverloadedError,
 )
 from ..mesh._protocol import Mesh, ReplicaGone, SpawnSpec
+from ._autoscaler import autoscale
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
+from ._handle import ServiceEndpoint
 
 __all__ = ["Service"]
 
@@ -61,8 +66,6 @@ class Service:
         mesh: Mesh,
         endpoints: Mapping[str, EndpointSpec],
     ) -> None:
-        from ._handle import ServiceEndpoint
-
         self._actor_cls = actor_cls
         self._args = args
         self._kwargs = dict(kwargs)
@@ -103,7 +106,7 @@ class Service:
         self._session_view = MappingProxyType(self._session_idx)
         self._session_router = SessionRouter(LeastLoadedRouter())
         self._itg: anyio.abc.TaskGroup | None = None
-        self._batchers: dict[str, Any] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._endpoints: dict[str, ServiceEndpoint] = {}
         for name, spec in self._specs.items():
             ep = ServiceEndpoint(self, spec)
@@ -266,16 +269,16 @@ class Service:
         retired = self._retired
         ok = self._rec.successful + retired.successful + sum(r.successful_requests for r in reps)
         bad = self._rec.failed + retired.failed + sum(r.failed_requests for r in reps)
-        for b in self._batchers.values():
+        for batcher in self._batchers.values():
             # A merged batch counts once per caller here (once per batch on its replica).
-            ok += b.items.successful - b.calls.successful
-            bad += b.items.failed - b.calls.failed
-            completed += b.items.completed_in_window(now) - b.calls.completed_in_window(now)
-            n, s = b.items.window_histogram(now, hist)
+            ok += batcher.items.successful - batcher.calls.successful
+            bad += batcher.items.failed - batcher.calls.failed
+            completed += batcher.items.completed_in_window(now) - batcher.calls.completed_in_window(now)
+            n, s = batcher.items.window_histogram(now, hist)
             n_lat += n
             sum_lat += s
             minus: dict[int, int] = {}
-            n, s = b.calls.window_histogram(now, minus)
+            n, s = batcher.calls.window_histogram(now, minus)
             n_lat -= n
             sum_lat -= s
             for k, c in minus.items():
@@ -412,7 +415,7 @@ class Service:
                     also.record(now, now - t0, False)
             raise
         finally:
-            self._inflight -= 1
+            self._inflight -= 1  # (_leave, inlined)
             if self._closing and self._inflight == 0:
                 self._drained.set()
 
@@ -440,6 +443,26 @@ class Service:
             if r._state is HEALTHY and r._inc is not None and r._inc.active < cap
         ]
         self._dirty = False
+
+    def _admit(self) -> None:
+        """Count a request in flight (refused once the service closes or failed).
+        ``_request`` inlines the same bookkeeping on its hot path."""
+        if self._closing or self._failed:
+            self._check_open()
+        self._inflight += 1
+
+    def _leave(self) -> None:
+        """A request counted by ``_admit`` ended; the last one out ends the drain."""
+        self._inflight -= 1
+        if self._closing and self._inflight == 0:
+            self._drained.set()
+
+    def _closed_error(self, message: str) -> ServiceError:
+        """For a request the closing service cancelled: after an escalation, callers
+        outside the block learn that the service failed; otherwise, that it closed."""
+        if self._failed:
+            return self._failed_error()
+        return ServiceClosedError(message)
 
     def _check_open(self) -> None:
         if self._failed:  # escalated: that, not the close that followed, is the news
@@ -609,18 +632,14 @@ class Service:
         results: dict[int, Any] = {}
         errors: dict[int, Exception] = {}
         died: list[int] = []
-        self._inflight += 1
+        self._admit()
         try:
             async with anyio.create_task_group() as tg:
                 for r in targets:
                     tg.start_soon(self._fanout_one, spec, r, args, kwargs, results, errors, died)
         finally:
-            self._inflight -= 1
-            if self._closing and self._inflight == 0:
-                self._drained.set()
+            self._leave()
         if errors:
-            from ..errors import FanoutError
-
             order = sorted(errors)
             raise FanoutError(
                 f"{spec.name}: the endpoint raised on replica(s) {order}; "
@@ -703,8 +722,6 @@ class Service:
         replica._waiters.wake_all()  # session requests queued there move elsewhere
 
     def _replica_exhausted(self, replica: Replica) -> None:
-        from ..errors import ServiceFailedError
-
         self._dirty = True
         budget = (
             f"max_restarts={self._config.max_restarts} within "
@@ -803,9 +820,6 @@ class Service:
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The service's own task: owns the mesh lifespan and every internal task."""
-        from .._batching import Batcher
-        from ._autoscaler import autoscale
-
         try:
             async with self._mesh.lifespan(), anyio.create_task_group() as tg:
                 self._itg = tg
@@ -813,7 +827,9 @@ class Service:
                     tg.start_soon(supervise, self, r)
                 for name, spec in self._specs.items():
                     if spec.batched:
-                        batcher = Batcher(self, spec, self._endpoints[name].router)
+                        ep = self._endpoints[name]
+                        batcher = Batcher(self, spec, ep.router)
+                        ep._bind(batcher)
                         self._batchers[name] = batcher
                         tg.start_soon(batcher.run)
                 if self._config.autoscaling:
