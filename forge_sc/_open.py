@@ -90,4 +90,4 @@ def build_service(
         mesh = MonarchMesh()
     elif not isinstance(mesh, Mesh):
         raise TypeError(f"mesh= must implement forge_sc.mesh.Mesh, got {mesh!r}")
-    return Service(actor_cls, tuple(args), kwargs, config, mesh, endpoints)
+    return Service._create(actor_cls, tuple(args), kwargs, config, mesh, endpoints)

@@ -40,13 +40,14 @@ from ..mesh._protocol import Mesh, ReplicaGone, SpawnSpec
 from ._autoscaler import autoscale
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
 from ._handle import ServiceEndpoint
+from ._noctor import NoPublicConstructor
 
 __all__ = ["Service"]
 
 HEALTHY = ReplicaState.HEALTHY
 
 
-class Service:
+class Service(metaclass=NoPublicConstructor):
     """A running pool of replicas of one actor. Get one from ``open_service``.
 
     Every endpoint of the actor is an attribute with ``route()`` and ``fanout()``.

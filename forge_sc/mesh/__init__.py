@@ -1,13 +1,45 @@
 """Mesh backends: the boundary between the service core and a process runtime.
 
-The core talks only to the protocol in :mod:`forge_sc.mesh._protocol`. Two
-implementations exist: :class:`~forge_sc.mesh.monarch.MonarchMesh` (the default; real
+The core talks only to the protocol in this module (:class:`Mesh`,
+:class:`MeshReplica`, :class:`SpawnSpec`, :class:`ReplicaGone`); a third-party backend
+implements it. Two implementations ship: :class:`MonarchMesh` (the default; real
 processes) and :class:`forge_sc.testing.FakeMesh` (in-process, with fault injection).
+
+``MonarchMesh`` is loaded on first use, so that importing the protocol (as the core
+does) does not load the Monarch backend.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from ._gpu import GpuPool as GpuPool
+from ._gpu import NotEnoughGpusError as NotEnoughGpusError
 from ._protocol import Mesh as Mesh
 from ._protocol import MeshReplica as MeshReplica
 from ._protocol import ReplicaGone as ReplicaGone
 from ._protocol import SpawnSpec as SpawnSpec
 
-__all__ = ["Mesh", "MeshReplica", "ReplicaGone", "SpawnSpec"]
+if TYPE_CHECKING:
+    from .monarch import MonarchMesh as MonarchMesh
+
+__all__ = [
+    "GpuPool",
+    "Mesh",
+    "MeshReplica",
+    "MonarchMesh",
+    "NotEnoughGpusError",
+    "ReplicaGone",
+    "SpawnSpec",
+]
+
+for _name in __all__:
+    if _name in globals():
+        globals()[_name].__module__ = "forge_sc.mesh"
+del _name
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MonarchMesh":
+        from .monarch import MonarchMesh
+
+        return MonarchMesh
+    raise AttributeError(f"module 'forge_sc.mesh' has no attribute {name!r}")

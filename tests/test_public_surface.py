@@ -1,0 +1,123 @@
+"""The public surface: what users can import is exactly what the public modules export.
+
+A module is public when no part of its dotted name starts with ``_`` (trio's rule).
+Everything a public module exports is listed in its ``__all__`` and shows its public
+home in ``__module__`` (``forge_sc.Replica``, never ``forge_sc._replica._replica``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from types import ModuleType
+
+import pytest
+
+import forge_sc
+from forge_sc._compat import HostedService
+from forge_sc._service import Service
+from forge_sc._spec import RESERVED_NAMES
+
+
+def _public_modules() -> list[str]:
+    names = ["forge_sc"]
+    for info in pkgutil.walk_packages(forge_sc.__path__, "forge_sc."):
+        if not any(part.startswith("_") for part in info.name.split(".")):
+            names.append(info.name)
+    return sorted(names)
+
+
+PUBLIC = _public_modules()
+
+
+def test_the_public_modules_are_the_documented_ones() -> None:
+    assert PUBLIC == [
+        "forge_sc",
+        "forge_sc.errors",
+        "forge_sc.mesh",
+        "forge_sc.mesh.monarch",
+        "forge_sc.testing",
+    ]
+
+
+def _ours(obj: object) -> bool:
+    return (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(
+        obj, "__module__", ""
+    ).startswith("forge_sc")
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_exports_are_listed_and_show_their_public_home(name: str) -> None:
+    module: ModuleType = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    assert len(set(exported)) == len(exported), f"{name}.__all__ repeats a name"
+    for attr in exported:
+        obj = getattr(module, attr)  # every listed name exists
+        if _ours(obj):
+            home = obj.__module__
+            assert not any(p.startswith("_") for p in home.split(".")), (
+                f"{name}.{attr} shows the private module {home!r} as its home"
+            )
+    # Nothing public hides outside __all__: a class or function of ours reachable
+    # under a public name of a public module is listed.
+    for attr, obj in vars(module).items():
+        if attr.startswith("_") or inspect.ismodule(obj) or not _ours(obj):
+            continue
+        if obj.__module__ == name:
+            assert attr in exported, f"{name}.{attr} is public but not in __all__"
+
+
+def test_the_design_names_are_exported() -> None:
+    # DESIGN.md §1, the contract.
+    for attr in [
+        "ForgeActor",
+        "endpoint",
+        "service_endpoint",
+        "open_service",
+        "Router",
+        "RoundRobinRouter",
+        "LeastLoadedRouter",
+        "SessionRouter",
+        "PowerOfTwoRouter",
+        "ServiceConfig",
+        "ServiceMetrics",
+        "ReplicaMetrics",
+        "ReplicaState",
+    ]:
+        assert attr in forge_sc.__all__
+    import forge_sc.errors as errors
+
+    for attr in [
+        "ServiceError",
+        "NoHealthyReplicasError",
+        "ServiceClosedError",
+        "ReplicaDiedError",
+        "ServiceOverloadedError",
+        "FanoutError",
+        "ServiceFailedError",
+    ]:
+        assert attr in errors.__all__
+    from forge_sc.testing import FakeMesh
+
+    assert FakeMesh.__module__ == "forge_sc.testing"
+
+
+def test_a_service_has_no_public_constructor() -> None:
+    with pytest.raises(TypeError, match="open_service"):
+        Service()
+
+
+def _handle_api(cls: type) -> set[str]:
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
+def test_handle_api_and_reserved_names_agree() -> None:
+    service_api = _handle_api(Service)
+    # An endpoint may not shadow any attribute of the handle...
+    assert service_api <= RESERVED_NAMES, service_api - RESERVED_NAMES
+    # ...and the TorchForge-style hosted handle offers the same API.
+    assert _handle_api(HostedService) == service_api
+    # The rest of the reserved names are ForgeActor's TorchForge class methods.
+    assert RESERVED_NAMES - service_api <= _handle_api(forge_sc.ForgeActor) | {"launch"}
