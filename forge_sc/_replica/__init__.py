@@ -2,7 +2,9 @@
 
 from ._replica import Incarnation as Incarnation
 from ._replica import Replica as Replica
+from ._replica import ReplicaEvents as ReplicaEvents
 from ._replica import ReplicaState as ReplicaState
+from ._supervisor import ChildSpec as ChildSpec
 from ._supervisor import supervise as supervise
 
-__all__ = ["Incarnation", "Replica", "ReplicaState", "supervise"]
+__all__ = ["ChildSpec", "Incarnation", "Replica", "ReplicaEvents", "ReplicaState", "supervise"]

@@ -9,17 +9,16 @@ never disturb the accounting of the next one.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import anyio
 
 from .._metrics import Recorder
 from .._waiters import WaitQueue
+from ..mesh._protocol import MeshReplica, ReplicaGone
 
-if TYPE_CHECKING:
-    from ..mesh._protocol import MeshReplica
-
-__all__ = ["Incarnation", "Replica", "ReplicaState"]
+__all__ = ["Incarnation", "Replica", "ReplicaEvents", "ReplicaState"]
 
 
 class ReplicaState(enum.Enum):
@@ -37,30 +36,55 @@ class ReplicaState(enum.Enum):
 HEALTHY = ReplicaState.HEALTHY
 
 
-class _Owner:
-    """What an incarnation reports to (the service); kept abstract to avoid a cycle."""
+class ReplicaEvents(Protocol):
+    """What a replica's transitions are reported to (the service implements it)."""
 
-    def _replica_died(self, replica: Replica) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def _replica_healthy(self, replica: Replica) -> None:
+        """``replica`` took traffic with a new incarnation."""
 
-    def _slot_freed(self, replica: Replica) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def _replica_died(self, replica: Replica) -> None:
+        """``replica``'s incarnation died while it was healthy."""
+
+    def _replica_exhausted(self, replica: Replica) -> None:
+        """``replica`` used up its restart budget (it may raise to escalate)."""
+
+    def _slot_freed(self, replica: Replica) -> None:
+        """A request slot of ``replica`` became free."""
+
+
+#: ``MeshReplica.call``: run an endpoint, return its result.
+CallFn = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
 
 class Incarnation:
-    """One spawn of a replica: its mesh handle, its in-flight count, its death."""
+    """One spawn of a replica: its mesh handle, its in-flight count, its death.
 
-    __slots__ = ("active", "call", "dead", "handle", "owner", "reason", "replica")
+    ``active`` is the incarnation's slot count, kept by the service's request path
+    (``Service._release``); a call abandoned by a cancelled caller gives its slot
+    back through :meth:`settle_abandoned` when the backend reports it resolved.
+    """
 
-    def __init__(self, owner: Any, replica: Replica) -> None:
-        self.owner = owner
+    __slots__ = ("active", "call", "dead", "events", "handle", "reason", "replica")
+
+    def __init__(self, events: ReplicaEvents, replica: Replica) -> None:
+        self.events = events
         self.replica = replica
         self.handle: MeshReplica | None = None
         #: ``handle.call``, bound once (the hot path awaits it directly).
-        self.call: Any = None
+        self.call: CallFn = self._not_attached
         self.active = 0
         self.dead = anyio.Event()
         self.reason: BaseException | None = None
+
+    async def _not_attached(
+        self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        raise ReplicaGone(f"replica {self.replica.idx} has not started yet")
+
+    def attach(self, handle: MeshReplica) -> None:
+        """The backend built this incarnation: calls go to ``handle`` from now on."""
+        self.handle = handle
+        self.call = handle.call
 
     def die(self, reason: BaseException) -> None:
         """Record this incarnation's death (idempotent). The replica stops taking
@@ -70,15 +94,13 @@ class Incarnation:
             return
         self.reason = reason
         self.dead.set()
-        replica = self.replica
-        if replica._inc is self and replica._state is HEALTHY:
-            replica._state = ReplicaState.FAILED
-            self.owner._replica_died(replica)
+        if self.replica._fail(self):
+            self.events._replica_died(self.replica)
 
     def settle_abandoned(self) -> None:
         """A call abandoned by a cancelled caller resolved on the replica."""
         self.active -= 1
-        self.owner._slot_freed(self.replica)
+        self.events._slot_freed(self.replica)
 
 
 class Replica:
@@ -86,6 +108,10 @@ class Replica:
 
     ``idx`` is stable across restarts. ``current_load`` counts requests in flight,
     including calls abandoned by cancelled callers that still run on the replica.
+
+    The underscore members are forge_sc's own interface to the replica: the service
+    and the supervisor read them, and change them only through the methods below,
+    so every state transition is written here.
     """
 
     __slots__ = (
@@ -113,7 +139,9 @@ class Replica:
         self._rec = Recorder()
         self._sessions = 0
         self._waiters = WaitQueue()
+        #: Cancelling it stops the replica's supervisor (scale-down, close).
         self._scope = anyio.CancelScope()
+        #: Set when the supervisor has finished (every handle stopped).
         self._done = anyio.Event()
         self._exhausted = False
         self._draining = False
@@ -159,3 +187,61 @@ class Replica:
     @property
     def assigned_sessions(self) -> int:
         return self._sessions
+
+    # ------------------------------------------------ transitions (forge_sc's own)
+
+    def _serve(self, inc: Incarnation) -> None:
+        """The supervisor's new incarnation takes traffic."""
+        self._inc = inc
+        self._state = HEALTHY
+
+    def _fail(self, inc: Incarnation | None = None) -> bool:
+        """HEALTHY → FAILED (for ``inc`` only, if given: a late death of an older
+        incarnation changes nothing). True when this call made the transition."""
+        if self._state is not HEALTHY or (inc is not None and self._inc is not inc):
+            return False
+        self._state = ReplicaState.FAILED
+        return True
+
+    def _died(self, cause: BaseException | None) -> None:
+        """An incarnation ended (or never started): FAILED, with its cause."""
+        self._last_error = cause
+        self._state = ReplicaState.FAILED
+
+    def _recovering(self) -> None:
+        self._state = ReplicaState.RECOVERING
+
+    def _restarted(self) -> None:
+        self._restarts += 1
+
+    def _exhaust(self) -> None:
+        """Out of restart budget: FAILED for good."""
+        self._exhausted = True
+        self._state = ReplicaState.FAILED
+
+    def _stopping(self) -> None:
+        """Leaving the pool: no new requests (a FAILED replica stays FAILED)."""
+        if self._state is HEALTHY:
+            self._state = ReplicaState.STOPPING
+
+    def _drain(self) -> None:
+        """Scale-down: finish in-flight requests, take no new ones."""
+        self._draining = True
+        self._stopping()
+
+    def _stop(self) -> None:
+        """Cancel the supervisor (the replica and its processes stop)."""
+        self._state = ReplicaState.STOPPING
+        self._scope.cancel()
+
+    def _finished(self) -> None:
+        """The supervisor ended: STOPPED, unless it failed for good."""
+        if not self._exhausted:
+            self._state = ReplicaState.STOPPED
+        self._done.set()
+
+    def _add_session(self) -> None:
+        self._sessions += 1
+
+    def _drop_session(self) -> None:
+        self._sessions -= 1

@@ -11,35 +11,35 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Protocol
+from collections.abc import Awaitable, Callable
 
 import anyio
+import attrs
 
 from .._config import ServiceConfig
 from ..errors import ServiceFailedError
-from ..mesh._protocol import Mesh, MeshReplica, SpawnSpec
-from ._replica import Incarnation, Replica, ReplicaState
+from ..mesh._protocol import MeshReplica
+from ._replica import Incarnation, Replica, ReplicaEvents
 
-__all__ = ["MAX_BACKOFF", "SupervisorHost", "supervise"]
+__all__ = ["MAX_BACKOFF", "ChildSpec", "supervise"]
 
 #: Cap of the restart backoff, seconds.
 MAX_BACKOFF = 5.0
 
 
-class SupervisorHost(Protocol):
-    """What a supervisor needs from its service."""
+@attrs.frozen
+class ChildSpec:
+    """How to run the incarnations of a replica (OTP's child spec): how to start
+    one, the restart policy and health checks (from ``config``), and whom to tell."""
 
-    _config: ServiceConfig
-    _mesh: Mesh
-    _rng: random.Random
-    _starting: bool
-    _restarts: int
-
-    def _spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec: ...
-    def _replica_healthy(self, replica: Replica) -> None: ...
-    def _replica_died(self, replica: Replica) -> None: ...
-    def _replica_exhausted(self, replica: Replica) -> None: ...
-    def _slot_freed(self, replica: Replica) -> None: ...
+    #: Spawn one incarnation on the backend; returns once it can answer.
+    start: Callable[[Incarnation], Awaitable[MeshReplica]]
+    events: ReplicaEvents
+    config: ServiceConfig
+    rng: random.Random
+    #: True while the service is starting: a first spawn that fails then fails the
+    #: service at once (as an OTP supervisor refuses to start) instead of retrying.
+    starting: Callable[[], bool]
 
 
 class ReplicaStopped(Exception):
@@ -50,73 +50,63 @@ class HealthCheckFailed(Exception):
     """A health ping failed or took longer than ``health_timeout``."""
 
 
-async def supervise(host: SupervisorHost, replica: Replica) -> None:
+async def supervise(child: ChildSpec, replica: Replica) -> None:
     """Run ``replica`` until its scope is cancelled or its restart budget runs out."""
-    config = host._config
+    config = child.config
     restarts_at: deque[float] = deque()
     first = True
     try:
         with replica._scope:
             while True:
-                inc = Incarnation(host, replica)
-                handle: MeshReplica | None = None
+                inc = Incarnation(child.events, replica)
                 try:
-                    handle = await host._mesh.spawn(host._spawn_spec(replica, inc))
+                    handle = await child.start(inc)
                 except Exception as exc:
-                    if first and host._starting:
+                    if first and child.starting():
                         raise ServiceFailedError(
                             f"replica {replica.idx} failed to start: {exc!r}. The service "
                             "refuses to start when an actor cannot be built; fix the cause "
                             "(constructor arguments, importable module) and retry."
                         ) from exc
-                    replica._last_error = exc
+                    replica._died(exc)
                 else:
-                    await _serve(host, replica, inc, handle)
+                    await _serve(child, replica, inc, handle)
                     # The cause, if this escalates: the backend's own account of the
                     # death is the fullest (a call may have seen it first, tersely).
-                    replica._last_error = getattr(handle, "death", None) or inc.reason
+                    replica._died(getattr(handle, "death", None) or inc.reason)
                 first = False
-                replica._state = ReplicaState.FAILED
                 now = anyio.current_time()
                 while restarts_at and restarts_at[0] <= now - config.restart_window:
                     restarts_at.popleft()
                 if len(restarts_at) >= config.max_restarts:
-                    replica._exhausted = True
-                    host._replica_exhausted(replica)
+                    replica._exhaust()
+                    child.events._replica_exhausted(replica)
                     return
                 delay = min(config.restart_backoff * 2 ** len(restarts_at), MAX_BACKOFF)
-                replica._state = ReplicaState.RECOVERING
-                await anyio.sleep(delay * host._rng.uniform(0.5, 1.0))
+                replica._recovering()
+                await anyio.sleep(delay * child.rng.uniform(0.5, 1.0))
                 restarts_at.append(anyio.current_time())
-                replica._restarts += 1
-                host._restarts += 1
+                replica._restarted()
     finally:
-        if not replica._exhausted:
-            replica._state = ReplicaState.STOPPED
-        replica._done.set()
+        replica._finished()
 
 
-async def _serve(
-    host: SupervisorHost, replica: Replica, inc: Incarnation, handle: MeshReplica
-) -> None:
-    inc.handle = handle
-    inc.call = handle.call
+async def _serve(child: ChildSpec, replica: Replica, inc: Incarnation, handle: MeshReplica) -> None:
+    inc.attach(handle)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_poll_health, host._config, inc, handle)
+            tg.start_soon(_poll_health, child.config, inc, handle)
             tg.start_soon(_watch_death, inc, handle)
-            replica._inc = inc
-            replica._state = ReplicaState.HEALTHY
-            host._replica_healthy(replica)
+            replica._serve(inc)
+            child.events._replica_healthy(replica)
             await inc.dead.wait()
             tg.cancel_scope.cancel()
     finally:
         if inc.reason is None:  # stopped or cancelled rather than dead
             inc.reason = ReplicaStopped(f"replica {replica.idx} stopped")
             inc.dead.set()
-        if replica._state is ReplicaState.HEALTHY:
-            replica._state = ReplicaState.FAILED
-            host._replica_died(replica)
+        if replica._fail(inc):
+            child.events._replica_died(replica)
         with anyio.CancelScope(shield=True):
             await handle.stop()
 

@@ -1,0 +1,149 @@
+"""Admission and waiting: the service queue, replica queues, sessions' replicas.
+
+A request that finds no free slot waits here, in arrival order, bounded by what is
+left of its ``request_timeout``; the wake-ups pass a baton so that a slot freed is
+taken by the first waiter that can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NoReturn
+
+import anyio
+
+from .._replica import Replica
+from .._routing import Router
+from .._waiters import Waiter
+from ..errors import NoHealthyReplicasError, ServiceClosedError, ServiceOverloadedError
+from ._state import HEALTHY, ServiceState
+
+__all__ = ["Admission", "Moved"]
+
+
+class Moved(Exception):
+    """Internal: the replica a session request waited for is gone; pick again."""
+
+
+class Admission(ServiceState):
+    """Waiting for a slot: in the service queue, or in a session replica's queue."""
+
+    async def _wait_for_slot(self, router: Router, waited: float) -> tuple[Replica, float]:
+        """Queue until some healthy replica has a free slot, then let the router pick."""
+        return await self._wait(lambda: self._pick_available(router), waited, None)
+
+    def _pick_available(self, router: Router) -> Replica | None:
+        if self._dirty:
+            self._rebuild()
+        avail = self._available
+        if not avail:
+            return None
+        replica = router.get_replica(avail)
+        if replica not in avail:
+            self._bad_router(router, replica)
+        return replica
+
+    async def _wait(
+        self,
+        attempt: Callable[[], Replica | None],
+        waited: float,
+        target: Replica | None,
+    ) -> tuple[Replica, float]:
+        """Wait in the service queue (or ``target``'s queue) until ``attempt`` yields
+        a replica; bounded by what is left of ``request_timeout``."""
+        config = self._config
+        if self._failed:
+            await self._escalated()
+        if self._forced:
+            raise ServiceClosedError("the service closed before the request could run")
+        limit = config.max_queued_requests
+        if limit is not None and self._queued >= limit:
+            raise ServiceOverloadedError(
+                f"the service queue is full (max_queued_requests={limit}); retry later, "
+                "add replicas, or raise max_queued_requests"
+            )
+        timeout = config.request_timeout
+        remaining = float("inf") if timeout is None else max(timeout - waited, 0.0)
+        queue = self._waiters if target is None else target._waiters
+        start = anyio.current_time()
+        waiter = Waiter()
+        queue.push(waiter)
+        self._queued += 1
+        try:
+            with anyio.move_on_after(remaining):
+                while True:
+                    await waiter.event.wait()
+                    if self._failed:
+                        await self._escalated()
+                    if self._forced:
+                        raise ServiceClosedError("the service closed before the request could run")
+                    if target is not None and target._state is not HEALTHY:
+                        raise Moved
+                    replica = attempt()
+                    if replica is not None:
+                        waiter.woken = False
+                        if self._waiters and self._available:
+                            self._waiters.wake_one()  # more room: pass the baton on
+                        return replica, waited + anyio.current_time() - start
+                    waiter = Waiter()
+                    queue.push(waiter, front=True)
+            self._timed_out()
+        finally:
+            self._queued -= 1
+            queue.discard(waiter)
+            # Woken but leaving without using the wake-up: pass it on.
+            if waiter.woken and not queue.wake_one() and queue is not self._waiters:
+                self._waiters.wake_one()
+
+    def _timed_out(self) -> NoReturn:
+        timeout = self._config.request_timeout
+        if any(r._state is HEALTHY for r in self._replicas):
+            raise ServiceOverloadedError(
+                f"every healthy replica stayed at capacity (replica_max_concurrent_requests="
+                f"{self._cap}) for request_timeout={timeout}s; add replicas or raise the "
+                "capacity or the timeout"
+            )
+        raise NoHealthyReplicasError(
+            f"no replica became healthy within request_timeout={timeout}s "
+            f"(states: {', '.join(r._state.name for r in self._replicas)})"
+        )
+
+    async def _session_replica(self, sess_id: str, waited: float) -> tuple[Replica, float]:
+        """The replica of session ``sess_id``: its own while that incarnation lives,
+        else a new one chosen by the session router (a migration)."""
+        while True:
+            inc = self._sessions.get(sess_id)
+            if inc is not None:
+                replica = inc.replica
+                if replica._inc is inc and replica._state is HEALTHY:
+                    if inc.active < self._cap and not replica._waiters:
+                        return replica, waited
+                    try:
+                        return await self._wait(
+                            lambda r=replica: (
+                                r if r._inc is not None and r._inc.active < self._cap else None
+                            ),  # type: ignore[misc]
+                            waited,
+                            replica,
+                        )
+                    except Moved:
+                        continue
+            healthy = [r for r in self._replicas if r._state is HEALTHY]
+            if not healthy:
+                _, waited = await self._wait(self._any_healthy, waited, None)
+                continue
+            replica = self._session_router.get_replica(healthy, sess_id, self._session_view)
+            if replica not in healthy:
+                self._bad_router(self._session_router, replica)
+            self._assign(sess_id, replica)
+
+    def _assign(self, sess_id: str, replica: Replica) -> None:
+        old = self._session_idx.get(sess_id)
+        if old is not None:
+            self._migrations += 1
+            prev = self._by_idx.get(old)
+            if prev is not None:
+                prev._drop_session()
+        self._sessions[sess_id] = replica._inc
+        self._session_idx[sess_id] = replica.idx
+        replica._add_session()

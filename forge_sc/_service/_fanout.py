@@ -1,0 +1,94 @@
+"""Fan-out: one call on every replica healthy when it starts, concurrently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from .._metrics import clock
+from .._replica import Replica
+from .._spec import EndpointSpec
+from ..errors import FanoutError, ReplicaDiedError
+from ..mesh._protocol import ReplicaGone
+from ._admission import Admission
+from ._state import HEALTHY
+
+__all__ = ["Fanout"]
+
+
+class Fanout(Admission):
+    """``fanout()``: results in replica-index order, errors as a ``FanoutError``."""
+
+    async def _fanout(
+        self, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Any]:
+        self._check_open()
+        targets = [r for r in self._replicas if r._state is HEALTHY]
+        if not targets:
+            await self._wait(self._any_healthy, 0.0, None)
+            targets = [r for r in self._replicas if r._state is HEALTHY]
+        results: dict[int, Any] = {}
+        errors: dict[int, Exception] = {}
+        died: list[int] = []
+        self._admit()
+        try:
+            async with anyio.create_task_group() as tg:
+                for r in targets:
+                    tg.start_soon(self._fanout_one, spec, r, args, kwargs, results, errors, died)
+        finally:
+            self._leave()
+        if errors:
+            order = sorted(errors)
+            raise FanoutError(
+                f"{spec.name}: the endpoint raised on replica(s) {order}; "
+                f".errors maps index to exception, .results holds the {len(results)} "
+                "successful results",
+                [errors[i] for i in order],
+                results,
+                errors,
+            )
+        if not results and died:
+            raise ReplicaDiedError(f"{spec.name}: every replica of the fan-out died ({died})")
+        return [results[i] for i in sorted(results)]
+
+    async def _fanout_one(
+        self,
+        spec: EndpointSpec,
+        replica: Replica,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        results: dict[int, Any],
+        errors: dict[int, Exception],
+        died: list[int],
+    ) -> None:
+        inc = replica._inc
+        if inc is None or inc.handle is None or replica._state is not HEALTHY:
+            died.append(replica.idx)
+            return
+        t0 = clock()
+        inc.active += 1
+        if inc.active >= self._cap:
+            self._dirty = True
+        ok = False
+        handle = inc.handle
+        try:
+            results[replica.idx] = await handle.call(spec.name, args, kwargs)
+            ok = True
+        except ReplicaGone as exc:
+            inc.die(exc)
+            died.append(replica.idx)
+        except Exception as exc:
+            errors[replica.idx] = exc
+        except BaseException as exc:
+            # A call abandoned by a cancelled caller stays counted until the mesh
+            # reports it settled (settle_abandoned releases it then).
+            if not (handle.detaches_on_cancel and isinstance(exc, anyio.get_cancelled_exc_class())):
+                self._release(replica, inc)
+            raise
+        self._release(replica, inc)
+        now = clock()
+        if replica.idx not in died:
+            replica._rec.record(now, now - t0, ok)
+        else:
+            self._rec.record(now, now - t0, False)

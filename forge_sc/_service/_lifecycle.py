@@ -1,0 +1,195 @@
+"""The service's lifecycle: its task, replica supervision events, scaling, close.
+
+The service's own task (``_run``) owns the mesh lifespan and the task group of every
+internal task: one supervisor per replica, one batcher per batched endpoint, the
+autoscaler. The supervisors report replica transitions here (``ReplicaEvents``),
+which wakes whoever waits for them and escalates when every replica is out of
+restart budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+
+import anyio
+import anyio.abc
+
+from .._metrics import clock
+from .._replica import Incarnation, Replica, supervise
+from .._waiters import Waiter
+from ..errors import NoHealthyReplicasError, ServiceFailedError
+from ..mesh._protocol import MeshReplica, SpawnSpec
+from ._admission import Admission
+from ._state import HEALTHY
+
+__all__ = ["Lifecycle"]
+
+
+class Lifecycle(Admission):
+    """Start, supervise, scale and close the replicas."""
+
+    # -------------------------------------------------------- supervisor events
+
+    def _spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec:
+        c = self._config
+        return SpawnSpec(
+            idx=replica.idx,
+            actor_cls=self._actor_cls,
+            args=self._args,
+            kwargs=self._kwargs,
+            procs=c.procs,
+            hosts=c.hosts,
+            with_gpus=c.with_gpus,
+            return_first_rank_result=c.return_first_rank_result,
+            on_abandoned_settled=inc.settle_abandoned,
+        )
+
+    def _start_incarnation(self, inc: Incarnation) -> Awaitable[MeshReplica]:
+        """The child spec's ``start``: spawn one incarnation on the mesh."""
+        return self._mesh.spawn(self._spawn_spec(inc.replica, inc))
+
+    def _replica_healthy(self, replica: Replica) -> None:
+        self._dirty = True
+        self._wake_everyone()
+        if self._starting and all(r._state is HEALTHY for r in self._replicas):
+            self._starting = False
+            self._started.set()
+
+    def _replica_died(self, replica: Replica) -> None:
+        self._dirty = True
+        replica._waiters.wake_all()  # session requests queued there move elsewhere
+
+    def _replica_exhausted(self, replica: Replica) -> None:
+        self._dirty = True
+        budget = (
+            f"max_restarts={self._config.max_restarts} within "
+            f"restart_window={self._config.restart_window}s"
+        )
+        cause = replica._last_error
+        escalate = self._starting or all(r._exhausted for r in self._replicas)
+        if escalate:
+            self._failed = True
+            # The body is cancelled before anyone wakes, so the body's own requests
+            # end by that cancellation (see _escalated), not by NoHealthyReplicasError.
+            if not self._starting and self._body_scope is not None:
+                self._body_scope.cancel()
+        # Session requests queued there move elsewhere; restart_replica() and
+        # scale_to() waiting for this replica learn it failed for good; after an
+        # escalation, every waiting request learns the service failed.
+        self._wake_everyone()
+        if not escalate:
+            return
+        if self._starting:
+            raise ServiceFailedError(
+                f"replica {replica.idx} used up its restart budget while the service was "
+                f"starting ({budget}); last error: {cause!r}. Fix the cause and retry."
+            ) from cause
+        raise ServiceFailedError(
+            f"every replica used up its restart budget ({budget}); last error: {cause!r}"
+        ) from cause
+
+    # ------------------------------------------------------------------ the pool
+
+    def _add_replica(self) -> Replica:
+        replica = Replica(self._next_idx, self._cap)
+        self._next_idx += 1
+        self._replicas.append(replica)
+        self._by_idx[replica.idx] = replica
+        self._dirty = True
+        return replica
+
+    def _replica(self, idx: int) -> Replica:
+        replica = self._by_idx.get(idx)
+        if replica is None:
+            raise ValueError(f"no replica with index {idx}; indices: {sorted(self._by_idx)}")
+        return replica
+
+    async def _wait_healthy_after(self, replica: Replica, old: Incarnation | None) -> None:
+        while not (
+            (replica._state is HEALTHY and replica._inc is not old)
+            or replica._exhausted
+            or replica._done.is_set()
+        ):
+            waiter = Waiter()
+            self._waiters.push(waiter)
+            try:
+                await waiter.event.wait()
+            finally:
+                self._waiters.discard(waiter)
+                if waiter.woken:
+                    self._waiters.wake_one()
+        if replica._exhausted:
+            raise NoHealthyReplicasError(
+                f"replica {replica.idx} could not be (re)started: {replica._last_error!r}"
+            )
+
+    async def _retire(self, victims: Sequence[Replica]) -> None:
+        for r in victims:
+            r._drain()
+            self._dirty = True
+            r._waiters.wake_all()
+        with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+            for r in victims:
+                while r.active_requests:
+                    waiter = Waiter()
+                    r._waiters.push(waiter)
+                    try:
+                        await waiter.event.wait()
+                    finally:
+                        r._waiters.discard(waiter)
+        for r in victims:
+            r._stop()
+        for r in victims:
+            await r._done.wait()
+        for r in victims:
+            self._replicas.remove(r)
+            del self._by_idx[r.idx]
+            self._retired.absorb(r._rec, clock())
+            self._retired_restarts += r._restarts
+        self._dirty = True
+
+    def _start_helpers(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the batchers and the autoscaler (the service, which they serve)."""
+        raise NotImplementedError
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The service's own task: owns the mesh lifespan and every internal task."""
+        try:
+            async with self._mesh.lifespan(), anyio.create_task_group() as tg:
+                self._itg = tg
+                for r in self._replicas:
+                    tg.start_soon(supervise, self._child, r)
+                self._start_helpers(tg)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            for r in self._replicas:
+                if not r._done.is_set():  # its supervisor never ran
+                    r._finished()
+            self._closing = True
+            self._forced = True
+            self._wake_everyone()
+            self._closed.set()
+
+    async def _wait_started(self) -> None:
+        await self._started.wait()
+
+    async def _close(self) -> None:
+        """Graceful close: refuse new requests, drain, stop replicas, end tasks."""
+        if self._close_started:
+            await self._closed.wait()
+            return
+        self._close_started = True
+        self._closing = True
+        if self._inflight:
+            with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+                await self._drained.wait()
+        self._forced = True
+        self._wake_everyone()
+        for r in self._replicas:
+            r._stopping()
+        if self._itg is not None:
+            self._itg.cancel_scope.cancel()
+            await self._closed.wait()
+        else:  # never started: nothing to stop
+            self._closed.set()

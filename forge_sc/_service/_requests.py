@@ -1,0 +1,126 @@
+"""The request path: pick a replica, send, retry on a replica's death.
+
+A request runs in its caller's task. The fast path (a replica with a free slot, no
+one queued) is plain bookkeeping around one ``await inc.call(...)``: no cancel
+scope, no hand-off, no clock read beyond ``perf_counter``. Everything else (waiting
+for capacity or recovery, sessions, retries) is on slow paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from .._metrics import Recorder, clock
+from .._routing import Router
+from .._spec import EndpointSpec
+from ..errors import ReplicaDiedError, ServiceClosedError, ServiceError
+from ..mesh._protocol import ReplicaGone
+from ._admission import Admission
+
+__all__ = ["Requests"]
+
+
+class Requests(Admission):
+    """``route()``: one request to one replica."""
+
+    async def _request(
+        self,
+        spec: EndpointSpec,
+        router: Router,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        sess_id: str | None,
+        also: Recorder | None = None,
+    ) -> Any:
+        """Run one request to completion: pick, send, retry on replica death.
+
+        ``also`` (a batcher's) records the outcome too, with the same figures.
+        """
+        if self._closing or self._failed:
+            self._check_open()
+        t0 = clock()
+        self._inflight += 1
+        attempts = 0
+        waited = 0.0
+        counted = False  # recorded on a replica already
+        try:
+            while True:
+                if sess_id is None:
+                    if self._dirty:
+                        self._rebuild()
+                    avail = self._available
+                    if avail and not self._waiters:
+                        replica = router.get_replica(avail)
+                        if replica not in avail:
+                            self._bad_router(router, replica)
+                    else:
+                        replica, waited = await self._wait_for_slot(router, waited)
+                else:
+                    replica, waited = await self._session_replica(sess_id, waited)
+                inc = replica._inc
+                assert inc is not None  # a replica with a free slot has a live incarnation
+                inc.active += 1
+                if inc.active >= self._cap:
+                    self._dirty = True
+                attempts += 1
+                try:
+                    result = await inc.call(spec.name, args, kwargs)
+                except ReplicaGone as exc:
+                    self._release(replica, inc)
+                    inc.die(exc)
+                    if self._closing:
+                        raise ServiceClosedError(
+                            f"{spec.name}: the service closed while the request was running"
+                        ) from exc
+                    if not spec.idempotent:
+                        raise ReplicaDiedError(
+                            f"{spec.name}: replica {replica.idx} died while running this "
+                            "request; it is idempotent=False, so it was not re-sent. Retry "
+                            "it yourself if that is safe."
+                        ) from exc
+                    if attempts >= self._max_attempts:
+                        raise ReplicaDiedError(
+                            f"{spec.name}: {attempts} replicas died while running this "
+                            f"request (max_attempts={self._max_attempts}); raise "
+                            "max_attempts or look at why replicas die."
+                        ) from exc
+                    self._retries += 1
+                    continue
+                except BaseException as exc:
+                    handle = inc.handle
+                    if not (
+                        handle is not None
+                        and handle.detaches_on_cancel
+                        and isinstance(exc, anyio.get_cancelled_exc_class())
+                    ):
+                        self._release(replica, inc)
+                    if isinstance(exc, Exception):
+                        now = clock()
+                        replica._rec.record(now, now - t0, False)
+                        if also is not None:
+                            also.record(now, now - t0, False)
+                        counted = True
+                    raise
+                inc.active -= 1  # (_release, inlined)
+                if inc.active == self._cap - 1:
+                    self._dirty = True
+                if self._waiters or replica._waiters:
+                    self._slot_freed(replica)
+                now = clock()
+                replica._rec.record(now, now - t0, True)
+                if also is not None:
+                    also.record(now, now - t0, True)
+                return result
+        except ServiceError:
+            if not counted:
+                now = clock()
+                self._rec.record(now, now - t0, False)
+                if also is not None:
+                    also.record(now, now - t0, False)
+            raise
+        finally:
+            self._inflight -= 1  # (_leave, inlined)
+            if self._closing and self._inflight == 0:
+                self._drained.set()
