@@ -8,17 +8,15 @@ Monarch. An endpoint is a Monarch endpoint that also carries the service-level o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
-from ._config import ServiceConfig, config_field_names
+from ._compat import HostedService, shutdown_actor, spawn_actor, start_hosted_service
+from ._options import ActorOptions
 from ._routing import RoundRobinRouter
 from ._spec import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
-
-if TYPE_CHECKING:
-    from ._compat import HostedService
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
@@ -88,6 +86,8 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
     when the class is defined.
     """
 
+    __forge_sc_actor__ = True  # see forge_sc._options.is_forge_actor
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in vars(cls).items():
@@ -127,31 +127,13 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
     @classmethod
     async def shutdown(cls, actor: Any) -> None:
         """Stop an actor mesh made by :meth:`as_actor` and its processes."""
-        from ._compat import shutdown_actor
-
         await shutdown_actor(actor)
 
 
-class ConfiguredActor:
+class ConfiguredActor(ActorOptions):
     """An actor class with options, as returned by ``ForgeActor.options(...)``."""
 
-    __slots__ = ("actor_cls", "options_")
-
-    def __init__(self, actor_cls: type[ForgeActor], options: dict[str, Any]) -> None:
-        if not (isinstance(actor_cls, type) and issubclass(actor_cls, ForgeActor)):
-            raise TypeError(f"{actor_cls!r} is not a ForgeActor subclass")
-        unknown = set(options) - config_field_names()
-        if unknown:
-            raise TypeError(
-                f"{actor_cls.__name__}.options() got unknown option(s) {sorted(unknown)}; "
-                f"valid options are the ServiceConfig fields: {sorted(config_field_names())}"
-            )
-        ServiceConfig(**options)  # validate now: a bad value fails here, naming the field
-        self.actor_cls = actor_cls
-        self.options_ = dict(options)
-
-    def __repr__(self) -> str:
-        return f"{self.actor_cls.__name__}.options({self.options_!r})"
+    __slots__ = ()
 
     def options(self, **options: Any) -> ConfiguredActor:
         return ConfiguredActor(self.actor_cls, {**self.options_, **options})
@@ -162,12 +144,8 @@ class ConfiguredActor:
         The service's task group lives in a dedicated host (see
         :mod:`forge_sc._compat`); prefer ``async with open_service(...)``.
         """
-        from ._compat import start_hosted_service
-
         return await start_hosted_service(self, args, kwargs)
 
     async def as_actor(self, *args: Any, **kwargs: Any) -> Any:
         """Spawn the actor on ``procs`` new processes and return the Monarch actor mesh."""
-        from ._compat import spawn_actor
-
         return await spawn_actor(self, args, kwargs)

@@ -33,12 +33,14 @@ import anyio.lowlevel
 import outcome
 import trio
 
+from ._config import ServiceConfig
+from ._open import open_service
+from ._options import ActorOptions
 from .errors import ServiceClosedError
 from .mesh._protocol import SpawnSpec
 from .mesh.monarch import MonarchMesh, MonarchReplica
 
 if TYPE_CHECKING:
-    from ._actor import ConfiguredActor
     from ._service import Service
     from ._service._handle import ServiceEndpoint
 
@@ -52,12 +54,10 @@ _REPLICA_ATTR = "_forge_sc_replica"
 # ---------------------------------------------------------------- as_actor
 
 
-async def spawn_actor(configured: ConfiguredActor, args: tuple[Any, ...], kwargs: Any) -> Any:
+async def spawn_actor(configured: ActorOptions, args: tuple[Any, ...], kwargs: Any) -> Any:
     """Spawn ``configured.actor_cls(*args, **kwargs)`` on ``procs`` new processes
     (``hosts``, ``with_gpus`` honoured) and return Monarch's actor mesh, once the
     actor is constructed. Stop it with :func:`shutdown_actor`."""
-    from ._config import ServiceConfig
-
     config = ServiceConfig(**configured.options_)
     spec = SpawnSpec(
         idx=0,
@@ -90,7 +90,7 @@ _HOSTED_SESSIONS: ContextVar[Mapping[HostedService, str]] = ContextVar("forge_sc
 
 
 async def start_hosted_service(
-    configured: ConfiguredActor, args: tuple[Any, ...], kwargs: dict[str, Any]
+    configured: ActorOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> HostedService:
     """Start ``open_service(configured, *args, **kwargs)`` in a host thread of its own
     and return its handle once every replica is healthy. Errors (bad configuration,
@@ -119,11 +119,9 @@ class _ServiceHost:
         self.portal: anyio.from_thread.BlockingPortal | None = None
 
     def start(
-        self, configured: ConfiguredActor, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, configured: ActorOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Service:
         """Worker thread: start the portal, then enter the service inside it."""
-        from ._open import open_service
-
         try:
             portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal("asyncio"))
             self.portal = portal

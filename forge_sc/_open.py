@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._actor import ConfiguredActor, ForgeActor
 from ._config import ServiceConfig, config_field_names
+from ._options import ActorOptions, is_forge_actor
 from ._service._scope import ServiceScope
 from ._service._service import Service
 from ._spec import collect_endpoints
@@ -17,7 +17,7 @@ _UNSET: Any = object()
 
 
 def open_service(
-    actor_cls: type[ForgeActor] | ConfiguredActor,
+    actor_cls: type[Any] | ActorOptions,
     *args: Any,
     mesh: Mesh | None = None,
     num_replicas: int = _UNSET,
@@ -74,10 +74,10 @@ def build_service(
 ) -> Service:
     """Validate and construct a (not yet running) Service."""
     options: dict[str, Any] = {}
-    if isinstance(actor_cls, ConfiguredActor):
+    if isinstance(actor_cls, ActorOptions):
         options = dict(actor_cls.options_)
         actor_cls = actor_cls.actor_cls
-    if not (isinstance(actor_cls, type) and issubclass(actor_cls, ForgeActor)):
+    if not is_forge_actor(actor_cls):
         raise TypeError(
             f"open_service() needs a ForgeActor subclass, got {actor_cls!r}; "
             "derive your actor from forge_sc.ForgeActor"
