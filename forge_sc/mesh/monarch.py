@@ -252,12 +252,18 @@ class MonarchReplica:
         _faults.register(self._name + "_health", self._on_failure)
         # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
         await anyio.to_thread.run_sync(partial(self._build, env, hosts))
-        await wait(_ready_endpoint(self._actor).call(), self._group)
+        # The health actor first, the user's actor once it answered: each actor
+        # unpickles its class on a thread of its own, and two of them importing
+        # forge_sc at once in a fresh process deadlock on the import locks
+        # (_DeadlockError). The health actor's class imports all of forge_sc.
         pids: Any = await wait(self._health.pid.call(), self._group)
         for pid in pids.values():
             fd = _open_pidfd(pid)
             if fd is not None:
                 self._pidfds[pid] = fd
+        spec = self._spec
+        self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
+        await wait(_ready_endpoint(self._actor).call(), self._group)
 
     def _build(self, env: dict[str, str], hosts: int) -> None:
         spec = self._spec
@@ -271,7 +277,6 @@ class MonarchReplica:
         else:
             host_mesh = this_host()
         self._procs = host_mesh.spawn_procs(per_host={"procs": spec.procs}, bootstrap_command=cmd)
-        self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
         self._health = self._procs.spawn(self._name + "_health", _Health)
 
     # ------------------------------------------------------------ protocol
