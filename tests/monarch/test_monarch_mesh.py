@@ -13,10 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from forge_sc.mesh import MeshReplica, ReplicaGone
+from forge_sc.mesh import GpuPool, MeshReplica, NotEnoughGpusError, ReplicaGone
 from forge_sc.mesh import monarch as monarch_mod
 from forge_sc.mesh._bridge import pending_relays
-from forge_sc.mesh._gpu import GpuPool, NotEnoughGpusError
 from forge_sc.mesh.monarch import MonarchMesh, ReplicaStartError
 
 from ..conftest import wait_for

@@ -12,8 +12,8 @@ import monarch.actor
 import pytest
 from monarch._src.actor import supervision
 
-from forge_sc.mesh import _faults, _gpu
-from forge_sc.mesh._gpu import GpuPool, NotEnoughGpusError, visible_gpus
+from forge_sc.mesh import GpuPool, NotEnoughGpusError, _faults, _gpu
+from forge_sc.mesh._gpu import visible_gpus
 from forge_sc.mesh.monarch import child_import_path
 
 
