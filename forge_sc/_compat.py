@@ -36,6 +36,7 @@ import trio
 from ._config import ServiceConfig
 from ._open import open_service
 from ._options import ActorOptions
+from ._service._context import BlockSession
 from .errors import ServiceClosedError
 from .mesh._protocol import SpawnSpec
 from .mesh.monarch import MonarchMesh, MonarchReplica
@@ -116,6 +117,7 @@ class _ServiceHost:
         self._stack = contextlib.ExitStack()
         self._lock = threading.Lock()
         self._closed = False
+        self._finished = False  # the host's loop has ended: nothing changes the service
         self.portal: anyio.from_thread.BlockingPortal | None = None
 
     def start(
@@ -141,7 +143,10 @@ class _ServiceHost:
                 return
             self._closed = True
         _live_hosts.discard(self)
-        self._stack.close()
+        try:
+            self._stack.close()
+        finally:
+            self._finished = True
 
     def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> ConcurrentFuture[T]:
         portal = self.portal
@@ -153,9 +158,15 @@ class _ServiceHost:
             raise ServiceClosedError("the service was shut down; start a new one") from exc
 
     def call_sync(self, fn: Callable[[], T]) -> T:
+        """Run a synchronous read (``statistics()``, ``replicas``) in the host thread;
+        once the service has ended there, read it here (nothing changes it any more)."""
+        if self._finished:
+            return fn()
         portal = self.portal
         if portal is None or self._closed:
-            raise ServiceClosedError("the service was shut down; start a new one")
+            raise ServiceClosedError(
+                "the service is shutting down; read it once shutdown() has returned"
+            )
         return portal.call(fn)
 
 
@@ -291,11 +302,14 @@ class HostedService:
     async def session(self) -> AsyncIterator[str]:
         """Every ``route()`` of this service inside the block goes to one replica."""
         sid = await self.start_session()
-        token = _HOSTED_SESSIONS.set({**_HOSTED_SESSIONS.get({}), self: sid})
+        ref = BlockSession(sid)  # marked ended on exit: inherited copies cannot revive it
+        token = _HOSTED_SESSIONS.set({**_HOSTED_SESSIONS.get({}), self: ref})
         try:
             yield sid
         finally:
-            _HOSTED_SESSIONS.reset(token)
+            ref.ended = True
+            with contextlib.suppress(ValueError, RuntimeError):  # left from another task
+                _HOSTED_SESSIONS.reset(token)
             with anyio.CancelScope(shield=True):
                 await self.terminate_session(sid)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -9,14 +10,46 @@ import attrs
 __all__ = ["ServiceConfig", "config_field_names"]
 
 
-def _int_at_least(low: int, *, optional: bool = False) -> Any:
+#: Upper bounds of the size fields: far above any real deployment, low enough that a
+#: typo (``num_replicas=10**6``) fails here instead of stalling ``open_service()``.
+MAX_REPLICAS = 10_000
+MAX_PROCS = 1_024
+MAX_HOSTS = 10_000
+MAX_CONCURRENT_REQUESTS = 1_000_000
+MAX_QUEUED_REQUESTS = 10_000_000
+MAX_ATTEMPTS = 100
+MAX_RESTARTS = 1_000_000
+
+
+def show(value: Any) -> str:
+    """``repr(value)``, shortened for huge ints (``10**400`` has 401 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"an int of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not a real number (bool, str,
+    NaN, an infinity, an int too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        as_float = float(value)
+    except OverflowError:
+        return None
+    return as_float if math.isfinite(as_float) else None
+
+
+def _int_between(low: int, high: int, *, optional: bool = False) -> Any:
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             extra = " or None" if optional else ""
             raise ValueError(
-                f"ServiceConfig.{attr.name} must be an int >= {low}{extra}, got {value!r}"
+                f"ServiceConfig.{attr.name} must be an int >= {low} and <= {high}{extra}, "
+                f"got {show(value)}"
             )
 
     return check
@@ -26,12 +59,15 @@ def _number(*, positive: bool, optional: bool = False) -> Any:
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
-        ok = not isinstance(value, bool) and isinstance(value, int | float)
-        if ok and (value > 0 if positive else value >= 0) and value != float("inf"):
+        as_float = finite_float(value)
+        if as_float is not None and (as_float > 0 if positive else as_float >= 0):
             return
-        what = "a number > 0" if positive else "a number >= 0"
+        what = "a finite number > 0" if positive else "a finite number >= 0"
         extra = " or None" if optional else ""
-        raise ValueError(f"ServiceConfig.{attr.name} must be {what}{extra}, got {value!r}")
+        raise ValueError(
+            f"ServiceConfig.{attr.name} must be {what}{extra} (seconds, as a float), "
+            f"got {show(value)}"
+        )
 
     return check
 
@@ -53,27 +89,35 @@ class ServiceConfig:
     ``downscale_delay`` seconds of sustained demand before it scales.
     """
 
-    num_replicas: int = attrs.field(default=1, validator=_int_at_least(1))
-    procs: int = attrs.field(default=1, validator=_int_at_least(1))
-    hosts: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    num_replicas: int = attrs.field(default=1, validator=_int_between(1, MAX_REPLICAS))
+    procs: int = attrs.field(default=1, validator=_int_between(1, MAX_PROCS))
+    hosts: int | None = attrs.field(
+        default=None, validator=_int_between(1, MAX_HOSTS, optional=True)
+    )
     with_gpus: bool = attrs.field(default=False, validator=_boolean)
     health_poll_rate: float = attrs.field(default=0.2, validator=_number(positive=True))
-    replica_max_concurrent_requests: int = attrs.field(default=10, validator=_int_at_least(1))
+    replica_max_concurrent_requests: int = attrs.field(
+        default=10, validator=_int_between(1, MAX_CONCURRENT_REQUESTS)
+    )
     return_first_rank_result: bool = attrs.field(default=True, validator=_boolean)
     health_timeout: float = attrs.field(default=1.0, validator=_number(positive=True))
     max_queued_requests: int | None = attrs.field(
-        default=None, validator=_int_at_least(0, optional=True)
+        default=None, validator=_int_between(0, MAX_QUEUED_REQUESTS, optional=True)
     )
     request_timeout: float | None = attrs.field(
         default=None, validator=_number(positive=True, optional=True)
     )
-    max_attempts: int = attrs.field(default=3, validator=_int_at_least(1))
-    max_restarts: int = attrs.field(default=5, validator=_int_at_least(0))
+    max_attempts: int = attrs.field(default=3, validator=_int_between(1, MAX_ATTEMPTS))
+    max_restarts: int = attrs.field(default=5, validator=_int_between(0, MAX_RESTARTS))
     restart_window: float = attrs.field(default=60.0, validator=_number(positive=True))
     restart_backoff: float = attrs.field(default=0.1, validator=_number(positive=False))
     graceful_shutdown_timeout: float = attrs.field(default=10.0, validator=_number(positive=False))
-    min_replicas: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
-    max_replicas: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
+    min_replicas: int | None = attrs.field(
+        default=None, validator=_int_between(1, MAX_REPLICAS, optional=True)
+    )
+    max_replicas: int | None = attrs.field(
+        default=None, validator=_int_between(1, MAX_REPLICAS, optional=True)
+    )
     target_ongoing_requests: float = attrs.field(default=2.0, validator=_number(positive=True))
     upscale_delay: float = attrs.field(default=30.0, validator=_number(positive=False))
     downscale_delay: float = attrs.field(default=600.0, validator=_number(positive=False))

@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from ._config import finite_float, show
 from ._routing import RoundRobinRouter, RouterFactory, make_router_factory
 
 __all__ = ["RESERVED_NAMES", "EndpointSpec", "collect_endpoints", "make_spec"]
@@ -36,6 +37,9 @@ RESERVED_NAMES = frozenset(
 
 SPEC_ATTR = "_forge_spec"
 
+#: The largest ``batch_size`` accepted.
+MAX_BATCH_SIZE = 1_000_000
+
 
 @attrs.frozen
 class EndpointSpec:
@@ -64,22 +68,29 @@ def make_spec(
     """Validate ``@service_endpoint`` options (bad input fails at decoration)."""
     name = getattr(fn, "__name__", repr(fn))
     where = f"@service_endpoint on {name}"
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{where}: batch_size must be an int >= 1, got {batch_size!r}")
     if (
-        isinstance(batch_timeout, bool)
-        or not isinstance(batch_timeout, int | float)
-        or not batch_timeout >= 0
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or not 1 <= batch_size <= MAX_BATCH_SIZE
     ):
-        raise ValueError(f"{where}: batch_timeout must be a number >= 0, got {batch_timeout!r}")
+        raise ValueError(
+            f"{where}: batch_size must be an int >= 1 and <= {MAX_BATCH_SIZE}, "
+            f"got {show(batch_size)}"
+        )
+    timeout = finite_float(batch_timeout)
+    if timeout is None or timeout < 0:
+        raise ValueError(
+            f"{where}: batch_timeout must be a finite number >= 0 (seconds), "
+            f"got {show(batch_timeout)}"
+        )
     if not isinstance(idempotent, bool):
-        raise ValueError(f"{where}: idempotent must be True or False, got {idempotent!r}")
+        raise ValueError(f"{where}: idempotent must be True or False, got {show(idempotent)}")
     return EndpointSpec(
         name=name,
         fn=fn,
         router=make_router_factory(router, where=where),
         batch_size=batch_size,
-        batch_timeout=float(batch_timeout),
+        batch_timeout=timeout,
         idempotent=idempotent,
     )
 

@@ -52,7 +52,18 @@ _PENDING, _TAKEN, _SENT = 0, 1, 2
 
 
 class _Item:
-    __slots__ = ("args", "cancelled", "done", "error", "kwargs", "result", "state", "t", "t_clock")
+    __slots__ = (
+        "args",
+        "batch",
+        "cancelled",
+        "done",
+        "error",
+        "kwargs",
+        "result",
+        "state",
+        "t",
+        "t_clock",
+    )
 
     def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float) -> None:
         self.args = args
@@ -64,9 +75,29 @@ class _Item:
         self.done = anyio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.batch: _Batch | None = None
 
     def shape(self) -> tuple[int, tuple[str, ...]]:
         return len(self.args), tuple(sorted(self.kwargs))
+
+
+class _Batch:
+    """Items taken together, and the scope of their one request: cancelled when the
+    last of its callers leaves, so that a batch nobody waits for leaves the service
+    queue (and its ``max_queued_requests`` count) and never runs."""
+
+    __slots__ = ("items", "live", "scope")
+
+    def __init__(self, items: list[_Item]) -> None:
+        self.items = items
+        self.live = len(items)
+        self.scope = anyio.CancelScope()
+
+    def leave(self) -> None:
+        """One caller of the batch left (cancelled) before it was answered."""
+        self.live -= 1
+        if self.live == 0:
+            self.scope.cancel()
 
 
 def merge_one(
@@ -106,6 +137,9 @@ class Batcher:
         self._timeout = spec.batch_timeout
         self._pending: deque[_Item] = deque()
         self._wake = anyio.Event()
+        # Batches taken and not yet answered (settled at the end if need be).
+        self._taken: set[_Batch] = set()
+        self._stopped = False
         self._batches = 0
         self._items = 0
         self._max = 0
@@ -132,6 +166,8 @@ class Batcher:
     async def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Add one call to the next batch and wait for its own result."""
         svc = self._svc
+        if self._stopped:  # the service's task group is ending: nobody would send it
+            raise self._closed_error("before this call was batched")
         svc._admit()
         item = _Item(args, kwargs, anyio.current_time())
         try:
@@ -144,6 +180,8 @@ class Batcher:
             except BaseException:
                 if item.state == _PENDING:
                     pending.remove(item)  # leaves the batch before it is sent
+                if item.batch is not None and not item.done.is_set():
+                    item.batch.leave()  # the last one out cancels the batch's request
                 item.cancelled = True
                 raise
             if item.error is not None:
@@ -153,20 +191,32 @@ class Batcher:
             svc._leave()
 
     async def run(self) -> None:
-        """The batcher task: form batches, send each from its own task."""
-        async with anyio.create_task_group() as tg:
-            try:
+        """The batcher task: form batches, send each from its own task.
+
+        However the service ends, every call this batcher accepted ends too: calls
+        still pending, and calls of batches whose sending task never ran or ended
+        without answering, get the service's closing error here, once every sending
+        task has finished.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
                 while True:
                     await self._wait_for_batch()
                     batch = self._take()
-                    if batch:
+                    if batch is not None:
                         tg.start_soon(self._send, batch)
-            finally:
-                # The service is stopping: whoever still waits gets a clear error.
-                for item in self._pending:
-                    item.error = self._closed_error("before this call was batched")
+        finally:
+            self._stopped = True
+            leftover = list(self._pending)
+            self._pending.clear()
+            for batch in self._taken:
+                leftover.extend(batch.items)
+            self._taken.clear()
+            error = self._closed_error("before this call was answered")
+            for item in leftover:
+                if not item.done.is_set():
+                    item.error = error
                     item.done.set()
-                self._pending.clear()
 
     async def _wait_for_batch(self) -> None:
         pending = self._pending
@@ -192,10 +242,10 @@ class Batcher:
                 self._by_timeout += 1
             return
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> _Batch | None:
         pending = self._pending
         if not pending:
-            return []
+            return None
         shape = pending[0].shape()
         batch: list[_Item] = []
         keep: list[_Item] = []
@@ -203,11 +253,21 @@ class Batcher:
             item = pending.popleft()
             (batch if item.shape() == shape else keep).append(item)
         pending.extendleft(reversed(keep))
+        taken = _Batch(batch)
         for item in batch:
             item.state = _TAKEN
-        return batch
+            item.batch = taken
+        self._taken.add(taken)
+        return taken
 
-    async def _send(self, batch: list[_Item]) -> None:
+    async def _send(self, batch: _Batch) -> None:
+        try:
+            await self._send_batch(batch)
+        finally:
+            self._taken.discard(batch)
+
+    async def _send_batch(self, taken: _Batch) -> None:
+        batch = taken.items
         items = [i for i in batch if not i.cancelled]
         if not items:
             return
@@ -221,14 +281,24 @@ class Batcher:
         bargs = tuple([i.args[p] for i in items] for p in range(nargs))
         bkwargs = {k: [i.kwargs[k] for i in items] for k in items[0].kwargs}
         try:
-            result = await self._svc._request(
-                self._spec, self._router, bargs, bkwargs, None, also=self.calls
-            )
+            with taken.scope:
+                result = await self._svc._request(
+                    self._spec, self._router, bargs, bkwargs, None, also=self.calls
+                )
+            if taken.scope.cancelled_caught:
+                return  # every caller left: the request was withdrawn (or abandoned)
             _check_length(self._spec, result, n)
         except anyio.get_cancelled_exc_class():
             self._settle(items, error=self._closed_error("while this batch was running"))
             raise
         except Exception as exc:
+            self._settle(items, error=exc)
+            return
+        except BaseException as exc:
+            # Not an Exception and not a cancellation: the endpoint raised a
+            # BaseException (KeyboardInterrupt, SystemExit, a subclass of its own).
+            # Each caller of the batch gets it, as an unbatched caller would; the
+            # service itself goes on.
             self._settle(items, error=exc)
             return
         self._settle(items, results=result)

@@ -40,6 +40,9 @@ class ChildSpec:
     #: True while the service is starting: a first spawn that fails then fails the
     #: service at once (as an OTP supervisor refuses to start) instead of retrying.
     starting: Callable[[], bool]
+    #: True once the service is closing: an incarnation that ends then is not
+    #: replaced (a replica that dies during the graceful close is only stopped).
+    stopping: Callable[[], bool] = attrs.field(default=lambda: False)
 
 
 class ReplicaStopped(Exception):
@@ -75,6 +78,10 @@ async def supervise(child: ChildSpec, replica: Replica) -> None:
                     # death is the fullest (a call may have seen it first, tersely).
                     replica._died(getattr(handle, "death", None) or inc.reason)
                 first = False
+                if child.stopping() or replica._draining:
+                    # The service (or this replica, scaled away) is stopping: an
+                    # incarnation that ended now is not replaced, only stopped.
+                    return
                 now = anyio.current_time()
                 while restarts_at and restarts_at[0] <= now - config.restart_window:
                     restarts_at.popleft()
@@ -82,7 +89,9 @@ async def supervise(child: ChildSpec, replica: Replica) -> None:
                     replica._exhaust()
                     child.events._replica_exhausted(replica)
                     return
-                delay = min(config.restart_backoff * 2 ** len(restarts_at), MAX_BACKOFF)
+                # (The exponent is capped: 2**n of a large budget overflows a float.)
+                exponent = min(len(restarts_at), 64)
+                delay = min(config.restart_backoff * 2.0**exponent, MAX_BACKOFF)
                 replica._recovering()
                 await anyio.sleep(delay * child.rng.uniform(0.5, 1.0))
                 restarts_at.append(anyio.current_time())

@@ -16,13 +16,18 @@ from .._replica import Replica
 from .._routing import Router
 from .._waiters import Waiter
 from ..errors import NoHealthyReplicasError, ServiceClosedError, ServiceOverloadedError
+from ._context import BlockSession
 from ._state import HEALTHY, ServiceState
 
-__all__ = ["Admission", "Moved"]
+__all__ = ["Admission", "Moved", "SessionEnded"]
 
 
 class Moved(Exception):
     """Internal: the replica a session request waited for is gone; pick again."""
+
+
+class SessionEnded(Exception):
+    """Internal: the request's session was terminated while the request was pending."""
 
 
 class Admission(ServiceState):
@@ -108,11 +113,34 @@ class Admission(ServiceState):
             f"(states: {', '.join(r._state.name for r in self._replicas)})"
         )
 
-    async def _session_replica(self, sess_id: str, waited: float) -> tuple[Replica, float]:
+    async def _session_replica(
+        self, sess_id: str, waited: float, may_create: bool
+    ) -> tuple[Replica, float]:
         """The replica of session ``sess_id``: its own while that incarnation lives,
-        else a new one chosen by the session router (a migration)."""
+        else a new one chosen by the session router (a migration).
+
+        An unknown id starts a session (as in TorchForge), but only on a request's
+        first placement (``may_create``): a session terminated while its request was
+        pending (waiting, or to be re-sent after a death) raises ``SessionEnded``
+        rather than coming back.
+        """
+        sessions = self._sessions
+        known = sess_id in sessions
+        if not known:
+            if type(sess_id) is BlockSession and sess_id.ended:
+                raise RuntimeError(
+                    "this task inherited the session of an `async with svc.session()` "
+                    f"block that has ended (session {str(sess_id)!r} was terminated when "
+                    "the block exited), so this request has no session to go to. Route "
+                    "it inside the block, open a new session() in this task, or pass "
+                    "sess_id= explicitly."
+                )
+            if not may_create:
+                raise SessionEnded
         while True:
-            inc = self._sessions.get(sess_id)
+            if known and sess_id not in sessions:
+                raise SessionEnded
+            inc = sessions.get(sess_id)
             if inc is not None:
                 replica = inc.replica
                 if replica._inc is inc and replica._state is HEALTHY:
@@ -136,8 +164,10 @@ class Admission(ServiceState):
             if replica not in healthy:
                 self._bad_router(self._session_router, replica)
             self._assign(sess_id, replica)
+            known = True
 
     def _assign(self, sess_id: str, replica: Replica) -> None:
+        sess_id = str(sess_id)  # a BlockSession is not kept: only the id
         old = self._session_idx.get(sess_id)
         if old is not None:
             self._migrations += 1

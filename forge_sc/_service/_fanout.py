@@ -81,10 +81,14 @@ class Fanout(Admission):
         except Exception as exc:
             errors[replica.idx] = exc
         except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
             # A call abandoned by a cancelled caller stays counted until the mesh
             # reports it settled (settle_abandoned releases it then).
-            if not (handle.detaches_on_cancel and isinstance(exc, anyio.get_cancelled_exc_class())):
+            if not (handle.detaches_on_cancel and cancelled):
                 self._release(replica, inc)
+            if not cancelled:  # a BaseException of the endpoint: a failure
+                now = clock()
+                replica._rec.record(now, now - t0, False)
             raise
         self._release(replica, inc)
         now = clock()

@@ -13,16 +13,21 @@ from collections.abc import Awaitable, Sequence
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from .._metrics import clock
 from .._replica import Incarnation, Replica, supervise
 from .._waiters import Waiter
-from ..errors import NoHealthyReplicasError, ServiceFailedError
+from ..errors import NoHealthyReplicasError, ServiceClosedError, ServiceFailedError
 from ..mesh._protocol import MeshReplica, SpawnSpec
 from ._admission import Admission
 from ._state import HEALTHY
 
 __all__ = ["Lifecycle"]
+
+#: start_soon this many replica supervisors, then let the loop run (and a cancelled
+#: start-up end) before the next ones.
+_START_CHUNK = 256
 
 
 class Lifecycle(Admission):
@@ -122,31 +127,41 @@ class Lifecycle(Admission):
             raise NoHealthyReplicasError(
                 f"replica {replica.idx} could not be (re)started: {replica._last_error!r}"
             )
+        if replica._state is not HEALTHY and self._closing and not replica._draining:
+            raise ServiceClosedError(
+                f"the service closed before replica {replica.idx} was healthy again"
+            )
 
     async def _retire(self, victims: Sequence[Replica]) -> None:
         for r in victims:
             r._drain()
             self._dirty = True
             r._waiters.wake_all()
-        with anyio.move_on_after(self._config.graceful_shutdown_timeout):
-            for r in victims:
-                while r.active_requests:
-                    waiter = Waiter()
-                    r._waiters.push(waiter)
-                    try:
-                        await waiter.event.wait()
-                    finally:
-                        r._waiters.discard(waiter)
-        for r in victims:
-            r._stop()
-        for r in victims:
-            await r._done.wait()
-        for r in victims:
-            self._replicas.remove(r)
-            del self._by_idx[r.idx]
-            self._retired.absorb(r._rec, clock())
-            self._retired_restarts += r._restarts
-        self._dirty = True
+        try:
+            with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+                for r in victims:
+                    while r.active_requests and not r._done.is_set():
+                        waiter = Waiter()
+                        r._waiters.push(waiter)
+                        try:
+                            await waiter.event.wait()
+                        finally:
+                            r._waiters.discard(waiter)
+        finally:
+            # Also when the caller is cancelled: a replica marked for removal is
+            # always stopped and removed, never left draining in the pool.
+            with anyio.CancelScope(shield=True):
+                for r in victims:
+                    r._stop()
+                for r in victims:
+                    await r._done.wait()
+                for r in victims:
+                    if self._by_idx.pop(r.idx, None) is None:
+                        continue
+                    self._replicas.remove(r)
+                    self._retired.absorb(r._rec, clock())
+                    self._retired_restarts += r._restarts
+                self._dirty = True
 
     def _start_helpers(self, tg: anyio.abc.TaskGroup) -> None:
         """Start the batchers and the autoscaler (the service, which they serve)."""
@@ -157,7 +172,10 @@ class Lifecycle(Admission):
         try:
             async with self._mesh.lifespan(), anyio.create_task_group() as tg:
                 self._itg = tg
-                for r in self._replicas:
+                for i, r in enumerate(list(self._replicas)):
+                    if i and i % _START_CHUNK == 0:
+                        # A huge pool: let a cancelled start-up end here.
+                        await anyio.lowlevel.checkpoint()
                     tg.start_soon(supervise, self._child, r)
                 self._start_helpers(tg)
                 task_status.started()
@@ -181,15 +199,18 @@ class Lifecycle(Admission):
             return
         self._close_started = True
         self._closing = True
-        if self._inflight:
-            with anyio.move_on_after(self._config.graceful_shutdown_timeout):
-                await self._drained.wait()
-        self._forced = True
-        self._wake_everyone()
-        for r in self._replicas:
-            r._stopping()
-        if self._itg is not None:
-            self._itg.cancel_scope.cancel()
-            await self._closed.wait()
-        else:  # never started: nothing to stop
-            self._closed.set()
+        try:
+            if self._inflight:
+                with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+                    await self._drained.wait()
+        finally:
+            # However the drain ended (also if it raised), the service stops.
+            self._forced = True
+            self._wake_everyone()
+            for r in self._replicas:
+                r._stopping()
+            if self._itg is not None:
+                self._itg.cancel_scope.cancel()
+                await self._closed.wait()
+            else:  # never started: nothing to stop
+                self._closed.set()

@@ -17,7 +17,8 @@ from .._routing import Router
 from .._spec import EndpointSpec
 from ..errors import ReplicaDiedError, ServiceClosedError, ServiceError
 from ..mesh._protocol import ReplicaGone
-from ._admission import Admission
+from ._admission import Admission, SessionEnded
+from ._state import get_ident
 
 __all__ = ["Requests"]
 
@@ -38,7 +39,7 @@ class Requests(Admission):
 
         ``also`` (a batcher's) records the outcome too, with the same figures.
         """
-        if self._closing or self._failed:
+        if self._closing or self._failed or get_ident() != self._thread:
             self._check_open()
         t0 = clock()
         self._inflight += 1
@@ -58,7 +59,15 @@ class Requests(Admission):
                     else:
                         replica, waited = await self._wait_for_slot(router, waited)
                 else:
-                    replica, waited = await self._session_replica(sess_id, waited)
+                    try:
+                        replica, waited = await self._session_replica(
+                            sess_id, waited, attempts == 0
+                        )
+                    except SessionEnded:
+                        # Terminated while this request was pending: it goes on as a
+                        # request without a session (the session stays terminated).
+                        sess_id = None
+                        continue
                 inc = replica._inc
                 assert inc is not None  # a replica with a free slot has a live incarnation
                 inc.active += 1
@@ -97,6 +106,13 @@ class Requests(Admission):
                     ):
                         self._release(replica, inc)
                     if isinstance(exc, Exception):
+                        failed = True
+                    else:
+                        # A BaseException of the endpoint that is not an Exception
+                        # (KeyboardInterrupt, SystemExit, ...) is a failure too; a
+                        # cancelled caller is not counted.
+                        failed = not isinstance(exc, anyio.get_cancelled_exc_class())
+                    if failed:
                         now = clock()
                         replica._rec.record(now, now - t0, False)
                         if also is not None:

@@ -9,11 +9,13 @@ Errors come out bare when there is only one (the body's ``KeyError`` stays a
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
 from typing import Any
 
 import anyio
 import anyio.abc
+import sniffio
 
 from ..errors import ServiceFailedError
 from ._service import Service
@@ -49,10 +51,22 @@ class ServiceScope:
     def __init__(self, svc: Service) -> None:
         self._svc = svc
         self._tg: anyio.abc.TaskGroup | None = None
+        self._task: Any = None
 
     async def __aenter__(self) -> Service:
         if self._tg is not None:
             raise RuntimeError("an open_service() scope can be entered only once")
+        svc = self._svc
+        here = sniffio.current_async_library()
+        if here != svc._backend or threading.get_ident() != svc._thread:
+            raise RuntimeError(
+                f"this open_service() scope was made under {svc._backend} in another "
+                f"event loop than the one entering it ({here}, thread "
+                f"{threading.current_thread().name!r}); a service belongs to the event "
+                "loop that made it: call open_service() where you enter it "
+                "(async with open_service(...) as svc)"
+            )
+        self._task = anyio.get_current_task().id
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         self._svc._body_scope = tg.cancel_scope
@@ -80,10 +94,24 @@ class ServiceScope:
         tb: TracebackType | None,
     ) -> bool:
         assert self._tg is not None
+        if anyio.get_current_task().id != self._task:
+            raise RuntimeError(
+                "an open_service() block must be left by the task that entered it (its "
+                "task group belongs to that task); the service was not closed. Leave it "
+                "with `async with`, or call `await svc.shutdown()` from any task of the "
+                "service's event loop."
+            )
+        close_error: BaseException | None = None
         with anyio.CancelScope(shield=True):
-            await self._svc._close()
+            try:
+                await self._svc._close()
+            except BaseException as error:
+                # The task group is still left below, in order: never a corrupted
+                # cancel-scope stack. The error is raised once it has been left.
+                close_error = error
+                self._tg.cancel_scope.cancel()
         try:
-            return bool(await self._tg.__aexit__(exc_type, exc, tb))
+            suppressed = bool(await self._tg.__aexit__(exc_type, exc, tb))
         except BaseExceptionGroup as group:
             single = single_exception(group)
             if single is None:
@@ -91,3 +119,6 @@ class ServiceScope:
             if single is exc:
                 return False  # the body's own exception, re-raised as it was
             raise single from single.__cause__
+        if close_error is not None:
+            raise close_error
+        return suppressed

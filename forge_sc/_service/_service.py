@@ -9,6 +9,7 @@ statistics snapshot (:mod:`._statistics`). This module adds the user's API.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -18,9 +19,10 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import sniffio
 
 from .._batching import Batcher
-from .._config import ServiceConfig
+from .._config import MAX_REPLICAS, ServiceConfig
 from .._metrics import Recorder, clock
 from .._replica import ChildSpec, Replica, supervise
 from .._routing import LeastLoadedRouter, SessionRouter
@@ -30,12 +32,13 @@ from .._waiters import WaitQueue
 from ..mesh._protocol import Mesh
 from ._autoscaler import autoscale
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
+from ._context import BlockSession
 from ._fanout import Fanout
 from ._handle import ServiceEndpoint
 from ._lifecycle import Lifecycle
 from ._noctor import NoPublicConstructor
 from ._requests import Requests
-from ._state import HEALTHY
+from ._state import HEALTHY, get_ident
 from ._statistics import snapshot
 
 __all__ = ["Service"]
@@ -57,11 +60,26 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         endpoints: Mapping[str, EndpointSpec],
     ) -> None:
         self._actor_cls = actor_cls
+        self._specs = dict(endpoints)
+        # First the routers (a bad router factory fails here, bare, even outside a
+        # loop), then the event loop check.
+        self._endpoints = {}
+        for name, spec in self._specs.items():
+            ep = ServiceEndpoint(self, spec)
+            self._endpoints[name] = ep
+            self.__dict__[name] = ep
+        try:
+            self._backend = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            raise RuntimeError(
+                "open_service() must be called inside a running event loop (asyncio or "
+                "trio), where its block is entered: async with open_service(...) as svc"
+            ) from None
+        self._thread = get_ident()
         self._args = args
         self._kwargs = dict(kwargs)
         self._config = config
         self._mesh = mesh
-        self._specs = dict(endpoints)
         self._rng = random.Random(getattr(mesh, "seed", None))
         self._cap = config.replica_max_concurrent_requests
         self._max_attempts = config.max_attempts
@@ -94,20 +112,18 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._session_idx = {}
         self._session_view = MappingProxyType(self._session_idx)
         self._session_router = SessionRouter(LeastLoadedRouter())
+        self._scale_lock = anyio.Lock()
+        self._scale_target = config.num_replicas
         self._child = ChildSpec(
             start=self._start_incarnation,
             events=self,
             config=config,
             rng=self._rng,
             starting=lambda: self._starting,
+            stopping=lambda: self._closing,
         )
         self._itg = None
         self._batchers = {}
-        self._endpoints = {}
-        for name, spec in self._specs.items():
-            ep = ServiceEndpoint(self, spec)
-            self._endpoints[name] = ep
-            self.__dict__[name] = ep
         for _ in range(config.num_replicas):
             self._add_replica()
 
@@ -156,7 +172,14 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         return sid
 
     async def terminate_session(self, sess_id: str) -> None:
-        """Forget a session (idempotent)."""
+        """Forget a session (idempotent). Requests of the session still running finish;
+        one that must be placed again (its replica died) runs without the session,
+        which stays terminated."""
+        if get_ident() != self._thread:
+            self._wrong_thread("terminate_session()")
+        self._end_session(sess_id)
+
+    def _end_session(self, sess_id: str) -> None:
         inc = self._sessions.pop(sess_id, None)
         idx = self._session_idx.pop(sess_id, None)
         if inc is not None and idx is not None:
@@ -168,18 +191,26 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
     async def session(self) -> AsyncIterator[str]:
         """Every ``route()`` of this service inside the block goes to one replica."""
         sid = await self.start_session()
+        ref = BlockSession(sid)
         current = _CURRENT_SESSIONS.get(None)
-        token = _CURRENT_SESSIONS.set({**(current or {}), self: sid})
+        token = _CURRENT_SESSIONS.set({**(current or {}), self: ref})
         try:
             yield sid
         finally:
-            _CURRENT_SESSIONS.reset(token)
-            await self.terminate_session(sid)
+            # Tasks that inherited the session (started inside the block) may still
+            # hold it: marked ended, it raises there instead of coming back.
+            ref.ended = True
+            # Left from another task (another context), reset() raises: the entering
+            # task's context keeps the mapping, whose session is marked ended.
+            with contextlib.suppress(ValueError, RuntimeError):
+                _CURRENT_SESSIONS.reset(token)
+            self._end_session(sid)
 
     async def restart_replica(self, idx: int) -> None:
         """Replace replica ``idx`` by a new incarnation (the hard cancel: calls running
         on it are interrupted and retried). Returns once it is healthy again, or
         failed for good."""
+        self._check_open()
         replica = self._replica(idx)
         inc = replica._inc
         if inc is None or replica._done.is_set():
@@ -191,27 +222,42 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         """Grow or shrink the pool to ``num_replicas``. New replicas are healthy (or
         failed) when this returns; removed ones (highest index first) finish their
         in-flight requests first and their sessions move."""
-        if isinstance(num_replicas, bool) or not isinstance(num_replicas, int) or num_replicas < 1:
-            raise ValueError(f"scale_to() needs an int >= 1, got {num_replicas!r}")
+        if (
+            isinstance(num_replicas, bool)
+            or not isinstance(num_replicas, int)
+            or not 1 <= num_replicas <= MAX_REPLICAS
+        ):
+            raise ValueError(
+                f"scale_to() needs an int >= 1 and <= {MAX_REPLICAS}, got {num_replicas!r}"
+            )
         self._check_open()
-        current = len(self._replicas)
-        if num_replicas == current:
-            return
-        self._scaling_events += 1
-        if num_replicas > current:
-            added = [self._add_replica() for _ in range(num_replicas - current)]
-            assert self._itg is not None
-            for r in added:
-                self._itg.start_soon(supervise, self._child, r)
-            for r in added:
-                await self._wait_healthy_after(r, None)
-        else:
-            victims = self._replicas[num_replicas:]
-            await self._retire(victims)
+        # Calls are serialized and the latest call's target wins: whoever holds the
+        # lock goes on scaling until the pool has the latest target, and a call
+        # returns once the pool has the target that is the latest at that moment.
+        self._scale_target = num_replicas
+        async with self._scale_lock:
+            while True:
+                self._check_open()
+                target = self._scale_target
+                current = len(self._replicas)
+                if target == current:
+                    return
+                self._scaling_events += 1
+                if target > current:
+                    added = [self._add_replica() for _ in range(target - current)]
+                    assert self._itg is not None
+                    for r in added:
+                        self._itg.start_soon(supervise, self._child, r)
+                    for r in added:
+                        await self._wait_healthy_after(r, None)
+                else:
+                    await self._retire(self._replicas[target:])
 
     async def shutdown(self) -> None:
         """Close the service: no new requests, in-flight ones finish (up to
         ``graceful_shutdown_timeout``), replicas and their processes stop."""
+        if get_ident() != self._thread:
+            self._wrong_thread("shutdown()")
         with anyio.CancelScope(shield=True):
             await self._close()
 

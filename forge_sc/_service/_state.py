@@ -11,6 +11,7 @@ module deriving from this one; ``Service`` combines them.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -29,14 +30,21 @@ from ..errors import NoHealthyReplicasError, ServiceClosedError, ServiceError
 from ..mesh._protocol import Mesh
 from ._handle import ServiceEndpoint
 
-__all__ = ["HEALTHY", "ServiceState"]
+__all__ = ["HEALTHY", "ServiceState", "get_ident"]
 
 HEALTHY = ReplicaState.HEALTHY
+
+#: ``threading.get_ident``: the service's methods compare it with the service's own
+#: thread (a service is used from its own event loop only).
+get_ident = threading.get_ident
 
 
 class ServiceState:
     """Every field of a service (set by ``Service.__init__``) and shared helpers."""
 
+    # Where it runs: the async library and the thread of the event loop that made it.
+    _backend: str
+    _thread: int
     # What the service runs.
     _actor_cls: type[Any]
     _args: tuple[Any, ...]
@@ -90,11 +98,14 @@ class ServiceState:
     _session_idx: dict[str, int]
     _session_view: Mapping[str, int]
     _session_router: SessionRouter
+    # scale_to: calls are serialized; the latest call's target wins.
+    _scale_lock: anyio.Lock
+    _scale_target: int
 
     def _admit(self) -> None:
-        """Count a request in flight (refused once the service closes or failed).
-        ``_request`` inlines the same bookkeeping on its hot path."""
-        if self._closing or self._failed:
+        """Count a request in flight (refused once the service closes or failed, or
+        from another thread). ``_request`` inlines the same on its hot path."""
+        if self._closing or self._failed or get_ident() != self._thread:
             self._check_open()
         self._inflight += 1
 
@@ -148,12 +159,26 @@ class ServiceState:
         return ServiceClosedError(message)
 
     def _check_open(self) -> None:
+        if get_ident() != self._thread:
+            self._wrong_thread("a request")
         if self._failed:  # escalated: that, not the close that followed, is the news
             self._raise_no_healthy()
         if self._closing:
             raise ServiceClosedError(
                 "the service is closed; open a new one with open_service() to send requests"
             )
+
+    def _wrong_thread(self, what: str) -> NoReturn:
+        here = threading.current_thread().name
+        owner = next((t.name for t in threading.enumerate() if t.ident == self._thread), "(ended)")
+        raise RuntimeError(
+            f"{what} on a {self._actor_cls.__name__} service from thread {here!r}, but the "
+            f"service runs in the {self._backend} event loop of thread {owner!r}. A service "
+            "is not thread-safe: call it from its own event loop. From another thread, go "
+            "through that loop: in a thread started with anyio.to_thread.run_sync(), use "
+            "anyio.from_thread.run(svc.<endpoint>.route, ...); elsewhere, use a "
+            "BlockingPortal opened in the service's loop (portal.call(...))."
+        )
 
     def _raise_no_healthy(self) -> NoReturn:
         raise self._failed_error()
