@@ -74,7 +74,7 @@ def _number(*, positive: bool, optional: bool = False) -> Any:
 
 def _boolean(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"ServiceConfig.{attr.name} must be True or False, got {value!r}")
+        raise ValueError(f"ServiceConfig.{attr.name} must be True or False, got {show(value)}")
 
 
 @attrs.frozen(kw_only=True)
