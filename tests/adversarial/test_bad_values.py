@@ -20,7 +20,7 @@ from forge_sc._config import (
     MAX_REPLICAS,
     MAX_RESTARTS,
 )
-from forge_sc.service._endpoints import MAX_BATCH_SIZE
+from forge_sc._spec import MAX_BATCH_SIZE
 from forge_sc.testing import FakeMesh
 
 from ._support import Hostile

@@ -99,7 +99,7 @@ async def test_a_cancelled_batched_caller_at_every_stage_leaves_nothing(stage: s
             for i in range(3):
                 tg.start_soon(caller, i)
             if stage == "pending":
-                await anyio.sleep(0)
+                await wait_for(lambda: any(b.pending == 3 for b in svc.statistics().batchers))
             elif stage == "running":
                 await wait_for(lambda: svc.statistics().active_requests == 1)
             else:

@@ -25,12 +25,18 @@ async def _concurrently(svc: Any, first: int, second: int) -> list[BaseException
     async def scale(n: int) -> None:
         try:
             await svc.scale_to(n)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+        except Exception as exc:
             errors.append(exc)
 
     async with anyio.create_task_group() as tg:
+        before = len(svc.replicas)
         tg.start_soon(scale, first)
-        await wait_for(lambda: svc._scale_lock.locked(), 1.0)
+        # The first call is under way: replicas added, or being drained.
+        await wait_for(
+            lambda: len(svc.replicas) != before
+            or any(r.state is ReplicaState.STOPPING for r in svc.replicas),
+            1.0,
+        )
         tg.start_soon(scale, second)
     return errors
 
