@@ -63,7 +63,8 @@ class ServiceState:
     _replicas: list[Replica]
     _by_idx: dict[int, Replica]
     _next_idx: int
-    _available: list[Replica]
+    # A tuple: routers get it as is, and cannot corrupt it by mutating it.
+    _available: tuple[Replica, ...]
     _dirty: bool
     # Requests waiting for any replica, and how many wait in all (service + replicas).
     _waiters: WaitQueue
@@ -133,11 +134,13 @@ class ServiceState:
 
     def _rebuild(self) -> None:
         cap = self._cap
-        self._available = [
-            r
-            for r in self._replicas
-            if r._state is HEALTHY and r._inc is not None and r._inc.active < cap
-        ]
+        self._available = tuple(
+            [
+                r
+                for r in self._replicas
+                if r._state is HEALTHY and r._inc is not None and r._inc.active < cap
+            ]
+        )
         self._dirty = False
 
     def _any_healthy(self) -> Replica | None:

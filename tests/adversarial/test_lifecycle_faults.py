@@ -153,7 +153,7 @@ async def test_a_replica_hanging_at_close_is_stopped_within_the_grace() -> None:
 
             async def caller() -> None:
                 with pytest.raises(ServiceClosedError):
-                    await svc.nap.route(0.05)
+                    await svc.nap.route(5.0)
 
             tg.start_soon(caller)
             await wait_for(lambda: svc.statistics().active_requests == 1)
