@@ -17,7 +17,7 @@ from forge_sc import ForgeActor, endpoint, service_endpoint
 from forge_sc.mesh import SpawnSpec
 from forge_sc.testing import FakeMesh
 
-__all__ = ["Ledger", "LedgerMesh", "UserError", "Worker"]
+__all__ = ["Abort", "Ledger", "LedgerMesh", "UserError", "Worker"]
 
 
 class UserError(Exception):
@@ -26,6 +26,10 @@ class UserError(Exception):
     def __init__(self, rid: str) -> None:
         super().__init__(rid)
         self.rid = rid
+
+
+class Abort(BaseException):
+    """A BaseException that is not an Exception, raised by the endpoint (user code)."""
 
 
 class Ledger:
@@ -101,6 +105,18 @@ class Worker(ForgeActor):
         for r in rid:
             self.ledger.finish(r, self.token)
         return [(self.token, r) for r in rid]
+
+    @endpoint
+    async def abort(self, rid: str) -> None:
+        """Raises a BaseException (not an Exception)."""
+        self.ledger.start(rid, self.token)
+        raise Abort(rid)
+
+    @service_endpoint(batch_size=4, batch_timeout=0.005)
+    async def babort(self, rid: list[str]) -> list[None]:
+        for r in rid:
+            self.ledger.start(r, self.token)
+        raise Abort(rid[0])
 
     @endpoint
     async def snapshot(self) -> int:

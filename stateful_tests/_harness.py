@@ -45,9 +45,9 @@ import attrs
 import sniffio
 
 from forge_sc import ReplicaState, Service, open_service
-from forge_sc.errors import ReplicaDiedError, ServiceClosedError
+from forge_sc.errors import ReplicaDiedError, ServiceClosedError, ServiceError
 
-from ._actors import Ledger, LedgerMesh, UserError, Worker
+from ._actors import Abort, Ledger, LedgerMesh, UserError, Worker
 
 __all__ = ["CALL_BOUND", "CONFIG", "Call", "Harness"]
 
@@ -647,10 +647,14 @@ class Harness:
                 self.kill(led.idx_of[token], hang)
                 return
 
-    async def a_session_queue_then_kill(self, sid: str, extra: int, hang: bool) -> None:
+    async def a_session_queue_then_kill(
+        self, sid: str, extra: int, hang: bool, terminate: bool = False
+    ) -> None:
         """Fill the session's replica and queue more session requests on it, then crash
         (or hang) it: the queued requests move at once to a replica that is healthy,
-        never wait for the dead one to come back."""
+        never wait for the dead one to come back. With ``terminate``, the session is
+        terminated before the kill: its requests then finish without it, and it
+        stays terminated (never re-created by the requests that move)."""
         ok = await wait_until(self._all_fresh, CALL_BOUND)
         if not ok:
             self.violate(
@@ -690,10 +694,90 @@ class Harness:
         for call in calls:
             if not call.ended:
                 call.allowed = others
+        if terminate:
+            await self.A.terminate_session(sid)
+            self.sessions[sid].open = False
+            self.model["A"].sessions -= 1
+            for call in calls:
+                if not call.ended:  # no longer a session request: any replica will do
+                    call.sid = None
+                    call.allowed = None
         self.kill(idx, hang)
         # Wait for them here, so that no later fault moves them again.
         if not await wait_until(lambda: all(c.ended for c in calls), CALL_BOUND + 1):
             self.violate("session requests queued on a crashed replica did not finish")
+
+    async def a_base_exception(self, batched: bool, n: int) -> None:
+        """Endpoints raising a BaseException that is not an Exception, alone (nothing
+        else in flight): each caller ends, within the bound, with that exception or a
+        forge_sc error caused by it, and is counted as a failed request. A replica the
+        call killed (a backend may treat such a call as a process death) counts as
+        killed by the test."""
+        if not await wait_until(lambda: not self.inflight, CALL_BOUND + 1):
+            self.violate("background requests did not finish")
+            return
+        rids = [self.rid("x") for _ in range(n if batched else 1)]
+        outcomes: dict[str, BaseException | None] = {}
+
+        async def one(rid: str) -> None:
+            with anyio.move_on_after(CALL_BOUND):
+                try:
+                    if batched:
+                        await self.A.babort.route(rid)
+                    else:
+                        await self.A.abort.route(rid)
+                    outcomes[rid] = None
+                except (Exception, Abort) as exc:
+                    outcomes[rid] = exc
+
+        async with anyio.create_task_group() as tg:
+            for rid in rids:
+                tg.start_soon(one, rid)
+        m = self.model["A"]
+        for rid in rids:
+            if rid not in outcomes:
+                self.violate(f"A.{'b' if batched else ''}abort({rid}) did not end (hung)")
+                m.slack += 1
+                continue
+            exc = outcomes[rid]
+            m.failed += 1
+            if not _carries(exc, Abort):
+                self.violate(f"A.abort({rid}) ended with {exc!r}, not the endpoint's Abort")
+        # A backend that treats such a call as the death of its process has marked
+        # the replica dead by the time the caller got the error.
+        led = self.ledger["A"]
+        tokens = {t for rid in rids for t in led.starts.get(rid, [])}
+        self.killed.update(t for t in tokens if self.died("A", t))
+
+    async def a_orphan_batch(self) -> None:
+        """A batched caller cancelled while its batch waits for a slot (every replica
+        busy): the batch leaves the queue and never runs."""
+        ok = await wait_until(self._all_fresh, CALL_BOUND)
+        if not ok or not await wait_until(lambda: not self.inflight, CALL_BOUND + 1):
+            return
+        cap = CONFIG["replica_max_concurrent_requests"]
+        for _ in range(cap * len(self.A.replicas)):
+            rid = self.rid("busy")
+            self.launch(Call("work", "A", rid), lambda rid=rid: self.A.work.route(rid, 0.15))
+        full = cap * len(self.A.replicas)
+        if not await wait_until(lambda: self.stats("A").active_requests >= full, 1.0):
+            return  # the replicas did not fill up (a fault meanwhile): nothing to test
+        rid = self.rid("ob")
+        call = Call("batched", "A", rid)
+        scope = anyio.CancelScope()
+
+        async def caller() -> None:
+            with scope:
+                await self.track(call, lambda: self.A.batched.route(rid, 0.0))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller)
+            await wait_until(lambda: self.stats("A").queue_depth >= 1 or call.ended > 0, 1.0)
+            scope.cancel()
+        if not call.ended:
+            call.outcome = "cancelled"
+            self.model["A"].cancelled += 1
+            self.cancelled_batched.append(rid)
 
     def _all_fresh(self) -> bool:
         for r in self.A.replicas:
@@ -917,3 +1001,17 @@ class Harness:
         before = self.tasks_before
         if not await wait_until(lambda: not (running_tasks() - before), 1.0):
             self.violate(f"tasks left running after close: {running_tasks() - before}")
+
+
+def _carries(exc: BaseException | None, kind: type[BaseException]) -> bool:
+    """``exc`` is ``kind``, or a forge_sc error whose cause chain holds one."""
+    if isinstance(exc, kind):
+        return True
+    if not isinstance(exc, ServiceError):
+        return False
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__
+    return False

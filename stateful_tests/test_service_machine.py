@@ -135,6 +135,18 @@ class ServiceMachine(RuleBasedStateMachine):
     def kill_with_session_requests_queued(self, sid: str, extra: int, hang: bool) -> None:
         self.call(self.harness.a_session_queue_then_kill, sid, extra, hang)
 
+    @rule(sid=consumes(sessions), extra=st.integers(3, 5), hang=st.booleans())
+    def terminate_with_session_requests_queued(self, sid: str, extra: int, hang: bool) -> None:
+        self.call(self.harness.a_session_queue_then_kill, sid, extra, hang, True)
+
+    @rule(batched=st.booleans(), n=st.integers(1, 4))
+    def endpoint_raises_base_exception(self, batched: bool, n: int) -> None:
+        self.call(self.harness.a_base_exception, batched, n)
+
+    @rule()
+    def cancel_batched_caller_while_queued(self) -> None:
+        self.call(self.harness.a_orphan_batch)
+
     @rule(n=st.integers(1, 4))
     def scale_to(self, n: int) -> None:
         self.call(self.harness.a_scale_to, n)

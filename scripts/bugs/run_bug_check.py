@@ -31,10 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = "forge_sc/_service/_service.py"
 HANDLE = "forge_sc/_service/_handle.py"
+REQUESTS = "forge_sc/_service/_requests.py"
+ADMISSION = "forge_sc/_service/_admission.py"
+LIFECYCLE = "forge_sc/_service/_lifecycle.py"
+STATE = "forge_sc/_service/_state.py"
 BATCHER = "forge_sc/_batching/_batcher.py"
-SUPERVISOR = "forge_sc/_replica/_supervisor.py"
+REPLICA = "forge_sc/_replica/_replica.py"
 
 
 @dataclass
@@ -51,7 +54,7 @@ BUGS = [
         "session requests queued on a dead replica are not woken (stranded until it is back)",
         [
             (
-                SERVICE,
+                LIFECYCLE,
                 "        self._dirty = True\n"
                 "        replica._waiters.wake_all()"
                 "  # session requests queued there move elsewhere\n",
@@ -64,7 +67,7 @@ BUGS = [
         "a cancelled caller marks its replica failed",
         [
             (
-                SERVICE,
+                REQUESTS,
                 "                        self._release(replica, inc)\n"
                 "                    if isinstance(exc, Exception):\n",
                 "                        self._release(replica, inc)\n"
@@ -90,7 +93,7 @@ BUGS = [
         "a retry re-sends an idempotent=False request",
         [
             (
-                SERVICE,
+                REQUESTS,
                 "                    if not spec.idempotent:\n",
                 "                    if False:\n",
             )
@@ -101,7 +104,7 @@ BUGS = [
         "a slot released on the error/cancel path is not freed",
         [
             (
-                SERVICE,
+                STATE,
                 "    def _release(self, replica: Replica, inc: Incarnation) -> None:\n"
                 "        inc.active -= 1\n",
                 "    def _release(self, replica: Replica, inc: Incarnation) -> None:\n",
@@ -128,20 +131,53 @@ BUGS = [
     Bug(
         "g",
         "session migrations are not counted in the metrics",
-        [(SERVICE, "            self._migrations += 1\n", "")],
+        [(ADMISSION, "            self._migrations += 1\n", "")],
     ),
     Bug(
         "h",
         "restarts are counted twice in the metrics",
         [
             (
-                SUPERVISOR,
-                "                host._restarts += 1\n",
-                "                host._restarts += 2\n",
+                REPLICA,
+                "    def _restarted(self) -> None:\n        self._restarts += 1\n",
+                "    def _restarted(self) -> None:\n        self._restarts += 2\n",
             )
         ],
     ),
 ]
+
+# ------------------------------------------------------------------------------------
+# Issue 10, service core: two of the defects it fixed, planted back. Each is caught by a
+# rule of the stateful suite added with the fix (cancel_batched_caller_while_queued,
+# terminate_with_session_requests_queued).
+BUGS += [
+    Bug(
+        "orphan",
+        "a batch whose callers all left stays queued and later runs for nobody "
+        "(issue 10, item 4)",
+        [
+            (
+                BATCHER,
+                "        if self.live == 0:\n            self.scope.cancel()\n",
+                "        if self.live == 0:\n            pass\n",
+            )
+        ],
+    ),
+    Bug(
+        "revive",
+        "a session terminated while its requests wait is re-created when they move after "
+        "a replica death (issue 10, item 10)",
+        [
+            (
+                ADMISSION,
+                "            if known and sess_id not in sessions:\n"
+                "                raise SessionEnded\n",
+                "",
+            )
+        ],
+    ),
+]
+# ------------------------------------------------------------------------------------
 
 
 def source_files() -> list[str]:
