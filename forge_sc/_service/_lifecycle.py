@@ -55,10 +55,16 @@ class Lifecycle(Admission):
 
     def _replica_healthy(self, replica: Replica) -> None:
         self._dirty = True
-        self._wake_everyone()
-        if self._starting and all(r._state is HEALTHY for r in self._replicas):
-            self._starting = False
-            self._started.set()
+        # Requests waiting for any replica (and restart_replica/scale_to waiting for
+        # this one) may go; requests queued on other replicas wait for those. (Not
+        # every replica's queue: O(replicas) per event made a large start quadratic.)
+        self._waiters.wake_all()
+        replica._waiters.wake_all()
+        if self._starting:
+            self._start_pending.discard(replica.idx)
+            if not self._start_pending and all(r._state is HEALTHY for r in self._replicas):
+                self._starting = False
+                self._started.set()
 
     def _replica_died(self, replica: Replica) -> None:
         self._dirty = True

@@ -126,6 +126,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._batchers = {}
         for _ in range(config.num_replicas):
             self._add_replica()
+        self._start_pending = {r.idx for r in self._replicas}
 
     # ----------------------------------------------------------------- handle API
 

@@ -77,6 +77,7 @@ class ServiceState:
     _forced: bool
     _failed: bool
     _starting: bool
+    _start_pending: set[int]  # replicas not yet healthy once, while starting
     _started: anyio.Event
     _close_started: bool
     _closed: anyio.Event
