@@ -169,6 +169,24 @@ async def test_restart_replica_after_close_is_service_closed() -> None:
         await svc.restart_replica(0)
 
 
+async def test_restart_replica_waiting_when_the_service_closes_is_service_closed() -> None:
+    mesh = FakeMesh()
+    outcome: list[Any] = []
+
+    async def restart(svc: Any) -> None:
+        try:
+            outcome.append(await svc.restart_replica(0))
+        except ServiceClosedError as exc:
+            outcome.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        async with checked_service(mesh=mesh, max_restarts=1000, restart_backoff=0.05) as svc:
+            mesh.fail_spawns(0, 1000)  # the restart never gets a healthy replica
+            tg.start_soon(restart, svc)
+            await wait_for(lambda: mesh.spawn_count(0) >= 2)
+    assert len(outcome) == 1 and isinstance(outcome[0], ServiceClosedError), outcome
+
+
 async def test_statistics_keep_working_after_close() -> None:
     async with checked_service() as svc:
         await svc.value.route()

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from ._support import checked_service, wait_for
+from ._support import Hostile, checked_service, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +108,37 @@ async def test_sessions_of_a_closed_service() -> None:
         async with svc.session():
             pass  # pragma: no cover
     await svc.terminate_session(sid)  # idempotent, also after close
+
+
+async def test_the_as_service_handle_keeps_the_same_session_rules() -> None:
+    from forge_sc.testing import FakeMesh
+
+    from ._support import FAST
+
+    svc = await Hostile.options(num_replicas=2, **FAST).as_service(mesh=FakeMesh())
+    try:
+        go = anyio.Event()
+        outcome: list[Any] = []
+
+        async def late() -> None:
+            await go.wait()
+            try:
+                outcome.append(await svc.value.route())
+            except RuntimeError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            async with svc.session():
+                tg.start_soon(late)
+                assert await svc.value.route() == 1
+            go.set()
+        assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
+        assert svc.statistics().active_sessions == 0
+
+        cm = svc.session()
+        await cm.__aenter__()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cm.__aexit__, None, None, None)
+        assert svc.statistics().active_sessions == 0
+    finally:
+        await svc.shutdown()
