@@ -7,20 +7,29 @@ Monarch. An endpoint is a Monarch endpoint that also carries the service-level o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
 from ._config import ServiceConfig, config_field_names
 from .routing import RoundRobinRouter
-from .service._endpoints import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
+from .service._endpoints import (
+    RESERVED_NAMES,
+    SETUP_ENDPOINT,
+    SPEC_ATTR,
+    EndpointSpec,
+    make_spec,
+)
 
 if TYPE_CHECKING:
-    from .mesh.compat import HostedService
+    from .mesh.compat import HostedService, SpawnedActor
 
-__all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
+__all__ = ["ConfiguredActor", "ForgeActor", "class_options", "endpoint", "service_endpoint"]
+
+#: The ForgeActor class attributes that are configuration defaults (TorchForge's).
+CLASS_OPTIONS = ("procs", "hosts", "with_gpus", "num_replicas")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,8 +64,9 @@ def service_endpoint(
 ) -> Any:
     """An endpoint with service options.
 
-    ``router``: a :class:`~forge_sc.Router` class or zero-argument factory; each
-    service builds its own instance. ``batch_size > 1`` merges concurrent calls
+    ``router``: a :class:`~forge_sc.Router` instance (a prototype: each endpoint of
+    each service gets its own deep copy, so no router state is shared), a Router
+    class, or a zero-argument factory. ``batch_size > 1`` merges concurrent calls
     (arguments become lists, the endpoint returns a list of the same length).
     ``idempotent=False`` makes the endpoint at-most-once: it is never re-sent after
     it reached a replica.
@@ -84,25 +94,57 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
 
     Decorate methods with :func:`endpoint` or :func:`service_endpoint`. An endpoint
     may not be named like an attribute of the service handle (``session``,
-    ``replicas``, ``stop``, ...) or of Monarch's ``Actor``: that raises ``TypeError``
-    when the class is defined.
+    ``replicas``, ``stop``, ...), of Monarch's ``Actor``, or like one of the
+    configuration attributes below: that raises ``TypeError`` when the class is
+    defined.
+
+    The class attributes ``procs``, ``hosts``, ``with_gpus`` and ``num_replicas``
+    (TorchForge's) are the defaults of ``as_service()``, ``as_actor()`` and
+    ``open_service()``; ``options()`` and explicit keywords override them.
+    ``_extra_config`` may hold further :class:`ServiceConfig` fields as defaults.
+
+    An ``async def setup(self)`` endpoint, if the class defines one, runs once per
+    incarnation on every rank, after ``__init__`` and before the replica takes any
+    request (TorchForge's place for heavy, async initialisation such as loading a
+    model). It fails like a constructor: the service does not start (or the restart
+    counts against the budget in recovery).
     """
+
+    procs: ClassVar[int] = 1
+    hosts: ClassVar[int | None] = None
+    with_gpus: ClassVar[bool] = False
+    num_replicas: ClassVar[int] = 1
+    _extra_config: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in vars(cls).items():
             is_endpoint = hasattr(value, "_method") and hasattr(value, "_propagator")
             if not is_endpoint:
+                if name == SETUP_ENDPOINT and callable(value):
+                    raise TypeError(
+                        f"{cls.__name__}.setup is not an endpoint. forge_sc runs an "
+                        "actor's setup() after construction only when it is one: "
+                        "decorate it with @endpoint (as TorchForge does), or rename it."
+                    )
                 continue
             if not hasattr(value, SPEC_ATTR):
                 # A plain monarch.actor.endpoint: give it forge_sc's defaults.
                 setattr(value, SPEC_ATTR, make_spec(value._method))
+            if name in CLASS_OPTIONS:
+                raise TypeError(
+                    f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
+                    "class attribute is a configuration default (procs, hosts, "
+                    "with_gpus, num_replicas). Rename it."
+                )
             if name.startswith("_") or name in RESERVED_NAMES or name in _MONARCH_NAMES:
                 raise TypeError(
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
                     "name belongs to the service handle or to Monarch's Actor (and names "
                     "starting with '_' are the handle's internals). Rename it."
                 )
+        if any(n in vars(cls) for n in (*CLASS_OPTIONS, "_extra_config")):
+            _check_class_options(cls)
 
     @classmethod
     def options(cls, **options: Any) -> ConfiguredActor:
@@ -120,13 +162,13 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
         return await ConfiguredActor(cls, {}).as_service(*args, **kwargs)
 
     @classmethod
-    async def as_actor(cls, *args: Any, **kwargs: Any) -> Any:
-        """Spawn a plain Monarch actor mesh (see :meth:`ConfiguredActor.as_actor`)."""
+    async def as_actor(cls, *args: Any, **kwargs: Any) -> SpawnedActor:
+        """Spawn the actor on new processes (see :meth:`ConfiguredActor.as_actor`)."""
         return await ConfiguredActor(cls, {}).as_actor(*args, **kwargs)
 
     @classmethod
     async def shutdown(cls, actor: Any) -> None:
-        """Stop an actor mesh made by :meth:`as_actor` and its processes."""
+        """Stop an actor made by :meth:`as_actor` and its processes (idempotent)."""
         from .mesh.compat import shutdown_actor
 
         await shutdown_actor(actor)
@@ -146,7 +188,8 @@ class ConfiguredActor:
                 f"{actor_cls.__name__}.options() got unknown option(s) {sorted(unknown)}; "
                 f"valid options are the ServiceConfig fields: {sorted(config_field_names())}"
             )
-        ServiceConfig(**options)  # validate now: a bad value fails here, naming the field
+        # Validate now, with the class defaults: a bad value fails here, naming the field.
+        ServiceConfig(**{**class_options(actor_cls), **options})
         self.actor_cls = actor_cls
         self.options_ = dict(options)
 
@@ -166,8 +209,40 @@ class ConfiguredActor:
 
         return await start_hosted_service(self, args, kwargs)
 
-    async def as_actor(self, *args: Any, **kwargs: Any) -> Any:
-        """Spawn the actor on ``procs`` new processes and return the Monarch actor mesh."""
+    def config_options(self) -> dict[str, Any]:
+        """The class defaults (see :func:`class_options`) with these options on top."""
+        return {**class_options(self.actor_cls), **self.options_}
+
+    async def as_actor(self, *args: Any, **kwargs: Any) -> SpawnedActor:
+        """Spawn the actor on ``procs`` new processes (``hosts``, ``with_gpus``
+        honoured; ``setup()`` run) and return its handle, whose endpoints have
+        Monarch's ``choose``, ``call_one``, ``call`` and ``broadcast``, awaitable on
+        asyncio and trio. Stop it with ``await ForgeActor.shutdown(actor)``."""
         from .mesh.compat import spawn_actor
 
         return await spawn_actor(self, args, kwargs)
+
+
+def class_options(actor_cls: type[ForgeActor]) -> dict[str, Any]:
+    """The configuration defaults an actor class declares: its ``procs``, ``hosts``,
+    ``with_gpus`` and ``num_replicas`` attributes, then its ``_extra_config``."""
+    found = {name: getattr(actor_cls, name) for name in CLASS_OPTIONS}
+    found.update(getattr(actor_cls, "_extra_config", None) or {})
+    return found
+
+
+def _check_class_options(cls: type[ForgeActor]) -> None:
+    extra = getattr(cls, "_extra_config", None) or {}
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"{cls.__name__}._extra_config must be a dict, got {extra!r}")
+    unknown = set(extra) - config_field_names()
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}._extra_config has unknown option(s) {sorted(unknown)}; "
+            f"valid options are the ServiceConfig fields: {sorted(config_field_names())}"
+        )
+    try:
+        ServiceConfig(**class_options(cls))
+    except ValueError as exc:
+        what = f"{cls.__name__}: a class attribute is not a valid default"
+        raise ValueError(f"{what}: {exc}") from None

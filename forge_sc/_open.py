@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._actor import ConfiguredActor, ForgeActor
+from ._actor import ConfiguredActor, ForgeActor, class_options
 from ._config import ServiceConfig, config_field_names
 from .mesh import Mesh
 from .service._endpoints import collect_endpoints
@@ -73,15 +73,16 @@ def build_service(
     mesh: Mesh | None,
 ) -> Service:
     """Validate and construct a (not yet running) Service."""
-    options: dict[str, Any] = {}
-    if isinstance(actor_cls, ConfiguredActor):
-        options = dict(actor_cls.options_)
-        actor_cls = actor_cls.actor_cls
+    configured = actor_cls if isinstance(actor_cls, ConfiguredActor) else None
+    if configured is not None:
+        actor_cls = configured.actor_cls
     if not (isinstance(actor_cls, type) and issubclass(actor_cls, ForgeActor)):
         raise TypeError(
             f"open_service() needs a ForgeActor subclass, got {actor_cls!r}; "
             "derive your actor from forge_sc.ForgeActor"
         )
+    # Class attributes < options() < explicit keywords.
+    options = configured.config_options() if configured else class_options(actor_cls)
     config = ServiceConfig(**{**options, **explicit})
     endpoints = collect_endpoints(actor_cls)
     if mesh is None:
