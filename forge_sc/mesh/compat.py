@@ -34,6 +34,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import outcome
 import trio
+from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionError
 
 from ..errors import ServiceClosedError
 from ..service._endpoints import collect_endpoints
@@ -109,9 +110,10 @@ class ActorEndpoint:
     """``actor.<endpoint>`` of an actor made by ``as_actor()``: Monarch's endpoint
     API, every call awaitable on asyncio and trio.
 
-    Errors are Monarch's: ``monarch.actor.ActorError`` when the endpoint raised,
-    ``SupervisionError`` (a ``RuntimeError``) when the actor's process died; after
-    ``ForgeActor.shutdown(actor)``, ``ServiceClosedError``.
+    Errors are Monarch's: ``monarch.actor.ActorError`` when the endpoint raised (its
+    ``.exception`` is the endpoint's own), ``SupervisionError`` (a ``RuntimeError``)
+    when the actor's process died. A call made after ``ForgeActor.shutdown(actor)``,
+    or still running when it was called, raises ``ServiceClosedError``.
     """
 
     __slots__ = ("_name", "_owner")
@@ -132,16 +134,16 @@ class ActorEndpoint:
 
     async def choose(self, *args: Any, **kwargs: Any) -> Any:
         """Run on one actor of the mesh, picked at random; return its result."""
-        return await wait(self._monarch().choose(*args, **kwargs))
+        return await self._owner._wait(self._monarch().choose(*args, **kwargs))
 
     async def call_one(self, *args: Any, **kwargs: Any) -> Any:
         """Run on the only actor of the mesh (``ValueError`` if it has several)."""
-        return await wait(self._monarch().call_one(*args, **kwargs))
+        return await self._owner._wait(self._monarch().call_one(*args, **kwargs))
 
     async def call(self, *args: Any, **kwargs: Any) -> Any:
         """Run on every actor; return Monarch's ``ValueMesh`` of the results
         (``list(vm.values())`` in rank order, ``vm.items()`` with their points)."""
-        return await wait(self._monarch().call(*args, **kwargs))
+        return await self._owner._wait(self._monarch().call(*args, **kwargs))
 
     def broadcast(self, *args: Any, **kwargs: Any) -> _Sent:
         """Send to every actor without waiting for anything (Monarch's fire and
@@ -152,7 +154,7 @@ class ActorEndpoint:
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[Coroutine[Any, Any, Any]]:
         """Send to every actor; yield one awaitable per actor's result."""
         for fut in self._monarch().stream(*args, **kwargs):
-            yield wait(fut)
+            yield self._owner._wait(fut)
 
     def route(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise NotImplementedError(_NOT_ON_ACTOR.format(verb="route"))
@@ -193,13 +195,24 @@ class SpawnedActor:
         state = " shut down" if self._replica._stopping else ""
         return f"<SpawnedActor {self._actor_cls.__name__} mesh={self._replica.mesh_name}{state}>"
 
+    def _closed(self) -> ServiceClosedError:
+        return ServiceClosedError(
+            f"{self._actor_cls.__name__}: this actor was shut down by "
+            "ForgeActor.shutdown(); spawn a new one with as_actor()"
+        )
+
     def _endpoint(self, name: str) -> Any:
         if self._replica._stopping:
-            raise ServiceClosedError(
-                f"{self._actor_cls.__name__}: this actor was shut down by "
-                "ForgeActor.shutdown(); spawn a new one with as_actor()"
-            )
+            raise self._closed()
         return getattr(self._replica._actor, name)
+
+    async def _wait(self, fut: Any) -> Any:
+        try:
+            return await wait(fut)
+        except SupervisionError as exc:
+            if self._replica._stopping:  # "stopped by client": our own shutdown
+                raise self._closed() from exc
+            raise
 
 
 # ---------------------------------------------------------------- as_service

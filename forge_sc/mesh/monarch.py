@@ -53,7 +53,6 @@ from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionErr
 from monarch._src.actor.actor_mesh import MethodSpecifier
 from monarch.actor import Actor, ActorError, default_bootstrap_cmd, endpoint, this_host
 
-from ..service._endpoints import SETUP_ENDPOINT, setup_endpoint
 from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
@@ -261,6 +260,11 @@ class MonarchReplica:
             fd = _open_pidfd(pid)
             if fd is not None:
                 self._pidfds[pid] = fd
+        # Imported here, not at the top: the replicas' processes import this module
+        # too, concurrently with the actor's, and a mesh -> service import edge would
+        # let those two imports deadlock.
+        from ..service._endpoints import SETUP_ENDPOINT, setup_endpoint
+
         if setup_endpoint(spec.actor_cls) is not None:
             # The actor's setup() on every rank, before the replica takes traffic;
             # if it raises, the spawn fails with the user's own exception.

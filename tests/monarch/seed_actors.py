@@ -42,10 +42,18 @@ class MyForgeActor(ForgeActor):
     async def bar(self, x):
         return heavy_model(x)
 
-    # Not in the seed: lets the tests see the processes.
+    # Not in the seed: what the tests observe the actor with.
     @endpoint
     async def pid(self) -> int:
         return os.getpid()
+
+    @endpoint
+    async def set_offset(self, offset: int) -> None:
+        self.offset = offset
+
+    @endpoint
+    async def get_offset(self) -> int:
+        return self.offset
 
     # Seed 002, "Calling Endpoints > Actor Endpoints" calls ``predict``.
     @endpoint
