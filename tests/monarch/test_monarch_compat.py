@@ -64,37 +64,39 @@ async def test_as_actor_runs_setup_and_fails_with_its_error(tmp_path: pathlib.Pa
 async def test_as_actor_endpoints_then_shutdown_leaves_no_process() -> None:
     before = live_descendants()
     actor = await Worker.options(procs=2).as_actor(3)
-    pids = list((await actor.pid.call()).values())
-    assert set(pids) == live_descendants() - before and len(pids) == 2
-    assert await actor.value.choose() == 3
-    assert list((await actor.incr.call()).values()) == [4, 4]
-    with pytest.raises(ValueError, match="exactly 1 actor"):
-        await actor.value.call_one()
-    actor.incr.broadcast()
-    assert list((await actor.value.call()).values()) == [5, 5]
-    # An endpoint's exception arrives as Monarch raises it (as_actor is Monarch's API).
-    with pytest.raises(ActorError) as info:
-        await actor.fail.choose("x")
-    assert isinstance(info.value.exception, BoomError)
+    try:
+        pids = list((await actor.pid.call()).values())
+        assert set(pids) == live_descendants() - before and len(pids) == 2
+        assert await actor.value.choose() == 3
+        assert list((await actor.incr.call()).values()) == [4, 4]
+        with pytest.raises(ValueError, match="exactly 1 actor"):
+            await actor.value.call_one()
+        actor.incr.broadcast()
+        assert list((await actor.value.call()).values()) == [5, 5]
+        # An endpoint's exception arrives as Monarch raises it (as_actor is Monarch's API).
+        with pytest.raises(ActorError) as info:
+            await actor.fail.choose("x")
+        assert isinstance(info.value.exception, BoomError)
 
-    async with anyio.create_task_group() as tg:
-        errors: list[BaseException] = []
+        async with anyio.create_task_group() as tg:
+            errors: list[BaseException] = []
 
-        async def napping() -> None:
-            try:
-                await actor.nap.choose(30)
-            except ServiceClosedError as exc:
-                errors.append(exc)
+            async def napping() -> None:
+                try:
+                    await actor.nap.choose(30)
+                except ServiceClosedError as exc:
+                    errors.append(exc)
 
-        tg.start_soon(napping)
-        await anyio.sleep(0.2)
-        with anyio.fail_after(15):
-            await Worker.shutdown(actor)
+            tg.start_soon(napping)
+            await anyio.wait_all_tasks_blocked()  # the call is sent, waiting for its answer
+            with anyio.fail_after(15):
+                await Worker.shutdown(actor)
+    finally:
+        await Worker.shutdown(actor)  # idempotent: a no-op after the one above
     assert len(errors) == 1  # the running call ended with the shutdown
     assert wait_until(lambda: not any(pid_alive(p) for p in pids))
     assert wait_until(lambda: not (live_descendants() - before))
     with pytest.raises(ServiceClosedError, match="shut down"):
         await actor.value.choose()
-    await Worker.shutdown(actor)  # idempotent
     with pytest.raises(AttributeError, match="no endpoint 'nope'"):
         actor.nope
