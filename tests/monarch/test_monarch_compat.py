@@ -73,6 +73,7 @@ async def test_as_actor_endpoints_then_shutdown_leaves_no_process() -> None:
             await actor.value.call_one()
         actor.incr.broadcast()
         assert list((await actor.value.call()).values()) == [5, 5]
+        assert [await answer for answer in actor.value.stream()] == [5, 5]
         # An endpoint's exception arrives as Monarch raises it (as_actor is Monarch's API).
         with pytest.raises(ActorError) as info:
             await actor.fail.choose("x")
