@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("forge_sc._open",),
     ("forge_sc._compat",),
     ("forge_sc._actor",),
-    ("forge_sc",),
+    # the package and TorchForge's import path (forge.controller.service)
+    ("forge_sc", "forge_sc.service"),
 ]
 
 #: The service core: never imports Monarch, directly or through other modules.

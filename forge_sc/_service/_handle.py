@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, NoReturn, Protocol
 
 from .._batching import Batcher, merge_one, split_one
@@ -16,6 +16,11 @@ __all__ = ["Dispatcher", "ServiceEndpoint"]
 
 class Dispatcher(Protocol):
     """What an endpoint handle needs from its service (the service is one)."""
+
+    @property
+    def _sessions(self) -> Mapping[str, object]:
+        """The open sessions, by id."""
+        ...
 
     async def _request(
         self,
@@ -88,6 +93,20 @@ class ServiceEndpoint:
                 return batcher.submit(args, kwargs)
             return _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
         return svc._request(spec, self.router, args, kwargs, sess_id)
+
+    async def __call__(self, sess_id: str | None, *args: Any, **kwargs: Any) -> Any:
+        """TorchForge's older call form, ``await svc.ep(session_id, *args)``: the same
+        as ``svc.ep.route(*args, sess_id=session_id)``. ``sess_id`` must be a session
+        of this service that is open (from ``start_session()``), or None."""
+        if sess_id is not None and (
+            not isinstance(sess_id, str) or sess_id not in self._svc._sessions
+        ):
+            raise TypeError(
+                f"{self._spec.name}(sess_id, *args): {sess_id!r} is not an open session of "
+                "this service. The first argument is a session id from start_session() "
+                f"(or None); to pass arguments alone, call {self._spec.name}.route(*args)."
+            )
+        return await self.route(*args, sess_id=sess_id, **kwargs)
 
     async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
         """Run the endpoint on every replica healthy now, concurrently; return the

@@ -9,7 +9,9 @@ mesh with a dead process.
 * Readiness: ``spawn`` returns after the actor's ``__init__`` ran on every rank. The
   actor's mailbox is serial, so the answer to a call of ``object.__sizeof__`` (an
   attribute every actor has, cheap, harmless, callable on sync and async actors alike)
-  comes only after ``__init__``. No endpoint is added to the user's class.
+  comes only after ``__init__``. No endpoint is added to the user's class. If the
+  actor has a ``setup`` endpoint, it is then called on every rank, and ``spawn``
+  returns after it; its exception fails the spawn (as the constructor's would).
 * Import path: the children get the parent's ``sys.path`` (minus the interpreter's own
   directories) as ``PYTHONPATH``, so an actor class from a test folder or a script's
   folder imports there too.
@@ -51,6 +53,7 @@ from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionErr
 from monarch._src.actor.actor_mesh import MethodSpecifier
 from monarch.actor import Actor, ActorError, default_bootstrap_cmd, endpoint, this_host
 
+from .._spec import SETUP_ENDPOINT, setup_endpoint
 from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
@@ -264,6 +267,13 @@ class MonarchReplica:
         spec = self._spec
         self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
         await wait(_ready_endpoint(self._actor).call(), self._group)
+        if setup_endpoint(spec.actor_cls) is not None:
+            # The actor's setup() on every rank, before the replica takes traffic;
+            # if it raises, the spawn fails with the user's own exception.
+            try:
+                await wait(getattr(self._actor, SETUP_ENDPOINT).call(), self._group)
+            except ActorError as exc:
+                raise _user_exception(exc) from None
 
     def _build(self, env: dict[str, str], hosts: int) -> None:
         spec = self._spec

@@ -34,7 +34,7 @@ import anyio
 import sniffio
 import trio
 
-from .._spec import collect_endpoints
+from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import ReplicaGone, SpawnSpec
 
 __all__ = ["FakeMesh", "InjectedSpawnFailure"]
@@ -317,6 +317,12 @@ class FakeMesh:
             self._fail[idx] = left - 1
             raise InjectedSpawnFailure(f"spawn of replica {idx} failed (injected by fail_spawns)")
         ranks = [spec.actor_cls(*spec.args, **spec.kwargs) for _ in range(spec.procs)]
+        setup = setup_endpoint(spec.actor_cls)
+        if setup is not None:  # once per incarnation, before it takes traffic
+            for rank in ranks:
+                result = setup(rank)
+                if inspect.isawaitable(result):
+                    await result
         replica = FakeReplica(self, spec, ranks)
         self._current[idx] = replica
         return replica
