@@ -14,6 +14,7 @@ from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
 from ._config import ServiceConfig, config_field_names
+from .observe import _carry
 from .routing import RoundRobinRouter
 from .service._endpoints import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
 
@@ -103,6 +104,8 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
                     "name belongs to the service handle or to Monarch's Actor (and names "
                     "starting with '_' are the handle's internals). Rename it."
                 )
+        # Hidden twins that carry a trace context into the replica (forge_sc.observe).
+        _carry.add_twins(cls, _monarch_endpoint)
 
     @classmethod
     def options(cls, **options: Any) -> ConfiguredActor:

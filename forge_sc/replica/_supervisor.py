@@ -18,6 +18,7 @@ import anyio
 from .._config import ServiceConfig
 from ..errors import ServiceFailedError
 from ..mesh import Mesh, MeshReplica, SpawnSpec
+from ..observe import _events
 from ._replica import Incarnation, Replica, ReplicaState
 
 __all__ = ["MAX_BACKOFF", "SupervisorHost", "supervise"]
@@ -59,6 +60,8 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
         with replica._scope:
             while True:
                 inc = Incarnation(host, replica)
+                n = replica._restarts + 1  # the incarnation's number, for the logs
+                _events.replica_starting(host, replica.idx, n)
                 handle: MeshReplica | None = None
                 try:
                     handle = await host._mesh.spawn(host._spawn_spec(replica, inc))
@@ -70,11 +73,13 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                             "(constructor arguments, importable module) and retry."
                         ) from exc
                     replica._last_error = exc
+                    _events.replica_spawn_failed(host, replica.idx, n, exc)
                 else:
                     await _serve(host, replica, inc, handle)
                     # The cause, if this escalates: the backend's own account of the
                     # death is the fullest (a call may have seen it first, tersely).
                     replica._last_error = getattr(handle, "death", None) or inc.reason
+                    _events.replica_died(host, replica.idx, n, replica._last_error)
                 first = False
                 replica._state = ReplicaState.FAILED
                 now = anyio.current_time()
@@ -82,11 +87,22 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                     restarts_at.popleft()
                 if len(restarts_at) >= config.max_restarts:
                     replica._exhausted = True
+                    _events.replica_exhausted(
+                        host,
+                        replica.idx,
+                        config.max_restarts,
+                        config.restart_window,
+                        replica._last_error,
+                    )
                     host._replica_exhausted(replica)
                     return
                 delay = min(config.restart_backoff * 2 ** len(restarts_at), MAX_BACKOFF)
                 replica._state = ReplicaState.RECOVERING
-                await anyio.sleep(delay * host._rng.uniform(0.5, 1.0))
+                delay *= host._rng.uniform(0.5, 1.0)
+                _events.replica_restarting(
+                    host, replica.idx, len(restarts_at) + 1, config.max_restarts, delay
+                )
+                await anyio.sleep(delay)
                 restarts_at.append(anyio.current_time())
                 replica._restarts += 1
                 host._restarts += 1
@@ -107,6 +123,7 @@ async def _serve(
             tg.start_soon(_watch_death, inc, handle)
             replica._inc = inc
             replica._state = ReplicaState.HEALTHY
+            _events.replica_healthy(host, replica.idx, replica._restarts + 1)
             host._replica_healthy(replica)
             await inc.dead.wait()
             tg.cancel_scope.cancel()

@@ -23,13 +23,16 @@ class ServiceEndpoint:
     """One endpoint of a service. ``route`` sends to one replica chosen by the
     endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
 
-    __slots__ = ("_batcher", "_spec", "_svc", "router")
+    __slots__ = ("_batcher", "_obs", "_spec", "_svc", "router")
 
     def __init__(self, svc: Service, spec: EndpointSpec) -> None:
         self._svc = svc
         self._spec = spec
         self.router = spec.router()
         self._batcher: Any = None
+        #: The per-request observer (tracing, latency histogram), when one was
+        #: turned on before the service opened (forge_sc.observe.otel); else None.
+        self._obs: Any = None
 
     def __repr__(self) -> str:
         return f"<ServiceEndpoint {self._spec.name}>"
@@ -62,9 +65,14 @@ class ServiceEndpoint:
                 batcher = self._batcher
                 if batcher is None:
                     batcher = self._batcher = svc._batchers[spec.name]
-                return batcher.submit(args, kwargs)  # type: ignore[no-any-return]
-            return _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
-        return svc._request(spec, self.router, args, kwargs, sess_id)
+                coro = batcher.submit(args, kwargs)
+            else:
+                coro = _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
+        else:
+            coro = svc._request(spec, self.router, args, kwargs, sess_id)
+        if self._obs is not None:  # tracing or the latency histogram is on: one check
+            return self._obs.route(spec, coro, sess_id)  # type: ignore[no-any-return]
+        return coro  # type: ignore[no-any-return]
 
     async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
         """Run the endpoint on every replica healthy now, concurrently; return the

@@ -30,6 +30,7 @@ from ..errors import (
     ServiceOverloadedError,
 )
 from ..mesh import Mesh, ReplicaGone, SpawnSpec
+from ..observe import _events
 from ..replica import Incarnation, Replica, ReplicaState, supervise
 from ..routing import LeastLoadedRouter, Router, SessionRouter
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
@@ -209,6 +210,7 @@ class Service:
         else:
             victims = self._replicas[num_replicas:]
             await self._retire(victims)
+        _events.service_scaled(self, current, num_replicas)
 
     async def shutdown(self) -> None:
         """Close the service: no new requests, in-flight ones finish (up to
@@ -697,6 +699,7 @@ class Service:
         if self._starting and all(r._state is HEALTHY for r in self._replicas):
             self._starting = False
             self._started.set()
+            _events.service_started(self, len(self._replicas), clock() - self._t0)
 
     def _replica_died(self, replica: Replica) -> None:
         self._dirty = True
@@ -714,6 +717,7 @@ class Service:
         escalate = self._starting or all(r._exhausted for r in self._replicas)
         if escalate:
             self._failed = True
+            _events.service_escalated(self, budget, cause)
             # The body is cancelled before anyone wakes, so the body's own requests
             # end by that cancellation (see _escalated), not by NoHealthyReplicasError.
             if not self._starting and self._body_scope is not None:
@@ -780,7 +784,7 @@ class Service:
                 r._state = ReplicaState.STOPPING
             self._dirty = True
             r._waiters.wake_all()
-        with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+        with anyio.move_on_after(self._config.graceful_shutdown_timeout) as drain:
             for r in victims:
                 while r.active_requests:
                     waiter = Waiter()
@@ -789,6 +793,7 @@ class Service:
                         await waiter.event.wait()
                     finally:
                         r._waiters.discard(waiter)
+        _events.replicas_drained(self, [r.idx for r in victims], drain.cancelled_caught)
         for r in victims:
             r._state = ReplicaState.STOPPING
             r._scope.cancel()
@@ -828,6 +833,7 @@ class Service:
             self._forced = True
             self._wake_everyone()
             self._closed.set()
+            _events.service_stopped(self)
 
     async def _wait_started(self) -> None:
         await self._started.wait()
@@ -840,8 +846,10 @@ class Service:
         self._close_started = True
         self._closing = True
         if self._inflight:
+            _events.service_closing(self, self._inflight, self._config.graceful_shutdown_timeout)
             with anyio.move_on_after(self._config.graceful_shutdown_timeout):
                 await self._drained.wait()
+            _events.service_drained(self, self._inflight)
         self._forced = True
         self._wake_everyone()
         for r in self._replicas:

@@ -1,0 +1,28 @@
+"""Observability: lifecycle logs, OpenTelemetry metrics and traces, Prometheus.
+
+* **Logs** (always on, standard :mod:`logging`): ``forge_sc.service`` (started,
+  scaled, escalated, closing, drained, stopped), ``forge_sc.replica`` (starting,
+  healthy, died with the backend's cause, restarting with attempt and backoff,
+  restart budget exhausted) and ``forge_sc.mesh`` (the backends). Every record
+  carries ``extra`` fields: ``event``, ``service``, and ``replica``, ``incarnation``,
+  ``cause``... where they apply. Nothing is logged per request. Turn them on with
+  ``logging.basicConfig(level=logging.INFO)`` or a handler on ``forge_sc``.
+* **OpenTelemetry** (:mod:`forge_sc.observe.otel`, needs ``opentelemetry-api``):
+  observable counters and gauges over every live service, an opt-in latency
+  histogram, and opt-in tracing with the context carried into the replicas.
+* **Prometheus** (:mod:`forge_sc.observe.prometheus`, needs ``prometheus-client``):
+  a collector over every live service, for a registry or ``start_http_server``.
+
+Nothing here costs anything per request unless a per-request feature (tracing, the
+latency histogram) was turned on before the service was opened. This package and
+its private modules import only the standard library and anyio, so the core may
+import them; the exporters import their optional dependency when imported.
+"""
+
+from ._events import MESH_LOGGER as MESH_LOGGER
+from ._events import REPLICA_LOGGER as REPLICA_LOGGER
+from ._events import SERVICE_LOGGER as SERVICE_LOGGER
+from ._events import service_name as service_name
+from ._registry import live_services as live_services
+
+__all__ = ["MESH_LOGGER", "REPLICA_LOGGER", "SERVICE_LOGGER", "live_services", "service_name"]
