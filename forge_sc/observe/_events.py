@@ -12,6 +12,7 @@ import it.
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from typing import Any
 
@@ -40,6 +41,10 @@ REPLICA_LOGGER = logging.getLogger("forge_sc.replica")
 #: The backends log under ``forge_sc.mesh.*`` (``forge_sc.mesh.monarch``).
 MESH_LOGGER = logging.getLogger("forge_sc.mesh")
 
+# A library's loggers stay silent until the application configures logging (without
+# this, Python's last-resort handler would print warnings bare on stderr).
+logging.getLogger("forge_sc").addHandler(logging.NullHandler())
+
 _names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _taken: dict[str, int] = {}
 
@@ -57,9 +62,13 @@ def service_name(svc: Any) -> str:
     return name
 
 
+_OWN_PREFIX = re.compile(r"^replica \d+ \([^)]*\) (died|is gone): ")
+
+
 def _first_line(cause: object) -> str:
+    """The first line of a cause, without the backend's "replica N (Cls) died: "."""
     text = str(cause).strip()
-    line = text.splitlines()[0] if text else ""
+    line = _OWN_PREFIX.sub("", text.splitlines()[0]) if text else ""
     return line or type(cause).__name__
 
 
