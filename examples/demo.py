@@ -110,17 +110,19 @@ class Callers:
 class EventLog(logging.Handler):
     """Keeps the last forge_sc lifecycle records (and the demo's own notes) for the view."""
 
-    def __init__(self, t0: float) -> None:
+    def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.t0 = t0
-        self.lines: deque[tuple[float, int, str]] = deque(maxlen=7)
+        #: When the traffic started (event times count from there); None before.
+        self.t0: float | None = None
+        self.lines: deque[tuple[float | None, int, str]] = deque(maxlen=7)
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage().split(": ", 1)[-1]  # drop the "<Service>: " prefix
         self.note(msg, record.levelno)
 
     def note(self, msg: str, level: int = logging.INFO) -> None:
-        self.lines.append((time.perf_counter() - self.t0, level, msg))
+        t = None if self.t0 is None else time.perf_counter() - self.t0
+        self.lines.append((t, level, msg))
 
 
 class Rates:
@@ -189,6 +191,8 @@ class View:
                 f"active {a} restarts {rs}"
                 for i, st, pid, b, p50, p99, a, rs in rows
             ]
+            for t, _, msg in self.events.lines:
+                lines.append(f"  {'start-up' if t is None else f't={t:4.1f}s':>8s}  {msg}")
             return "\n".join(lines)
         table = Table(
             title=head,
@@ -212,7 +216,8 @@ class View:
             table.add_row(*row[:1], Text(row[1], style=style), *row[2:])
         log = Text()
         for t, level, msg in self.events.lines:
-            log.append(f"  t={t:4.1f}s  {msg}\n", style=_LEVEL_STYLE.get(level, ""))
+            when = "start-up" if t is None else f"t={t:4.1f}s"
+            log.append(f"  {when:>8s}  {msg}\n", style=_LEVEL_STYLE.get(level, ""))
         return Group(table, Text("events (forge_sc's log records):", style="bold"), log)
 
 
@@ -277,7 +282,7 @@ async def main(mesh_kind: str, seconds: float, ncallers: int) -> int:
         "bold",
     )
     t_start = time.perf_counter()
-    events = EventLog(t_start)
+    events = EventLog()
     forge_log = logging.getLogger("forge_sc")
     forge_log.addHandler(events)
     forge_log.setLevel(logging.INFO)
@@ -336,7 +341,7 @@ async def traffic(
     async with anyio.create_task_group() as tg:
         for _ in range(ncallers):
             tg.start_soon(callers.run, svc, stop)
-        t0 = time.perf_counter()
+        t0 = events.t0 = time.perf_counter()
         killed = False
         last_print = 0.0
         live: Any = None
