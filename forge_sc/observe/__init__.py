@@ -19,10 +19,27 @@ its private modules import only the standard library and anyio, so the core may
 import them; the exporters import their optional dependency when imported.
 """
 
-from ._events import MESH_LOGGER as MESH_LOGGER
-from ._events import REPLICA_LOGGER as REPLICA_LOGGER
-from ._events import SERVICE_LOGGER as SERVICE_LOGGER
+from . import _events
 from ._events import service_name as service_name
+from ._registry import LiveService as LiveService
 from ._registry import live_services as live_services
 
-__all__ = ["MESH_LOGGER", "REPLICA_LOGGER", "SERVICE_LOGGER", "live_services", "service_name"]
+#: ``forge_sc.service``: ``service.started``, ``service.scaled``,
+#: ``service.replicas_drained``, ``service.escalated`` (ERROR), ``service.closing``,
+#: ``service.drained``, ``service.stopped``.
+SERVICE_LOGGER = _events.SERVICE_LOGGER
+#: ``forge_sc.replica``: ``replica.starting`` (DEBUG), ``replica.healthy``,
+#: ``replica.died`` and ``replica.spawn_failed`` (WARNING), ``replica.restarting``,
+#: ``replica.exhausted`` (ERROR).
+REPLICA_LOGGER = _events.REPLICA_LOGGER
+#: ``forge_sc.mesh``: the backends (``forge_sc.mesh.monarch`` logs at DEBUG).
+MESH_LOGGER = _events.MESH_LOGGER
+
+__all__ = [
+    "MESH_LOGGER",
+    "REPLICA_LOGGER",
+    "SERVICE_LOGGER",
+    "LiveService",
+    "live_services",
+    "service_name",
+]
