@@ -54,7 +54,7 @@ def _points(reader: InMemoryMetricReader, service: str) -> dict[str, dict[Any, A
 
 async def test_metrics_after_a_known_workload_are_exact() -> None:
     reader = InMemoryMetricReader()
-    otel.enable_metrics(MeterProvider(metric_readers=[reader]))
+    otel.enable_metrics(MeterProvider(metric_readers=[reader]), latency_histogram=True)
     mesh = FakeMesh(seed=1)
     async with open_service(
         Counter, num_replicas=2, mesh=mesh, restart_backoff=0.01
@@ -120,7 +120,7 @@ async def test_metrics_after_a_known_workload_are_exact() -> None:
 
 async def test_batches_are_counted_per_endpoint() -> None:
     reader = InMemoryMetricReader()
-    otel.enable_metrics(MeterProvider(metric_readers=[reader]), latency_histogram=False)
+    otel.enable_metrics(MeterProvider(metric_readers=[reader]))  # no histogram by default
     async with open_service(Traced, num_replicas=1, mesh=FakeMesh(seed=1)) as svc:
         name = service_name(svc)
         with anyio.fail_after(5):
