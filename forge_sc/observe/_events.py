@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import weakref
 from typing import Any
 
@@ -47,6 +48,7 @@ logging.getLogger("forge_sc").addHandler(logging.NullHandler())
 
 _names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _taken: dict[str, int] = {}
+_names_lock = threading.Lock()  # services may run on several threads' loops
 
 
 def service_name(svc: Any) -> str:
@@ -54,11 +56,14 @@ def service_name(svc: Any) -> str:
     ``#2``, ``#3``... for later services of the same class in this process."""
     name = _names.get(svc)
     if name is None:
-        base = svc._actor_cls.__name__
-        n = _taken.get(base, 0) + 1
-        _taken[base] = n
-        name = base if n == 1 else f"{base}#{n}"
-        _names[svc] = name
+        with _names_lock:
+            name = _names.get(svc)
+            if name is None:
+                base = svc._actor_cls.__name__
+                n = _taken.get(base, 0) + 1
+                _taken[base] = n
+                name = base if n == 1 else f"{base}#{n}"
+                _names[svc] = name
     return name
 
 
@@ -137,7 +142,10 @@ def replica_died(svc: Any, idx: int, incarnation: int, cause: BaseException | No
     )
 
 
-def replica_restarting(svc: Any, idx: int, attempt: int, max_restarts: int, backoff: float) -> None:
+def replica_restarting(
+    svc: Any, idx: int, incarnation: int, attempt: int, max_restarts: int, backoff: float
+) -> None:
+    """``incarnation``: the one about to start; ``attempt``: restarts in the window."""
     _emit(
         REPLICA_LOGGER,
         logging.INFO,
@@ -146,7 +154,7 @@ def replica_restarting(svc: Any, idx: int, attempt: int, max_restarts: int, back
         f"replica {idx} restarting in {backoff:.3g} s "
         f"(restart {attempt} of max_restarts={max_restarts} in the window)",
         replica=idx,
-        incarnation=attempt + 1,
+        incarnation=incarnation,
         attempt=attempt,
         backoff=backoff,
     )

@@ -63,7 +63,9 @@ _clock = time.perf_counter
 _tracer: trace.Tracer | None = None
 _histogram: metrics.Histogram | None = None
 _generation = 0  # bumped by disable(): instruments of an older generation go quiet
-_hooks: dict[int, _MeterHook] = {}  # id(meter provider) -> its instruments
+# id(meter provider) -> (the provider, its instruments); the provider is kept so that
+# its id cannot be reused by another one.
+_hooks: dict[int, tuple[metrics.MeterProvider, _MeterHook]] = {}
 
 
 def _version() -> str:
@@ -152,9 +154,9 @@ def enable_metrics(
     global _histogram
     provider = meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter("forge_sc", _version())
-    hook = _hooks.get(id(provider))
-    if hook is None or hook._generation != _generation:
-        _hooks[id(provider)] = _MeterHook(meter)
+    known = _hooks.get(id(provider))
+    if known is None or known[1]._generation != _generation:
+        _hooks[id(provider)] = (provider, _MeterHook(meter))
     if latency_histogram:
         _histogram = meter.create_histogram(
             "forge_sc.request.duration",

@@ -100,7 +100,7 @@ async def supervise(host: SupervisorHost, replica: Replica) -> None:
                 replica._state = ReplicaState.RECOVERING
                 delay *= host._rng.uniform(0.5, 1.0)
                 _events.replica_restarting(
-                    host, replica.idx, len(restarts_at) + 1, config.max_restarts, delay
+                    host, replica.idx, n + 1, len(restarts_at) + 1, config.max_restarts, delay
                 )
                 await anyio.sleep(delay)
                 restarts_at.append(anyio.current_time())
