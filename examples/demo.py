@@ -195,8 +195,6 @@ class View:
                 lines.append(f"  {'start-up' if t is None else f't={t:4.1f}s':>8s}  {msg}")
             return "\n".join(lines)
         table = Table(
-            title=head,
-            title_justify="left",
             caption="batch/s: batches run over the last second; p50/p99: per batch, last 60 s",
             caption_justify="left",
         )
@@ -218,7 +216,12 @@ class View:
         for t, level, msg in self.events.lines:
             when = "start-up" if t is None else f"t={t:4.1f}s"
             log.append(f"  {when:>8s}  {msg}\n", style=_LEVEL_STYLE.get(level, ""))
-        return Group(table, Text("events (forge_sc's log records):", style="bold"), log)
+        return Group(
+            Text(head, style="bold"),
+            table,
+            Text("events (forge_sc's log records):", style="bold"),
+            log,
+        )
 
 
 class StderrCapture:
