@@ -357,6 +357,10 @@ async def traffic(
                 elapsed = time.perf_counter() - t0  # measured after the wait: no lag
                 if not killed and elapsed >= seconds / 3:
                     killed = True
+                    # Strike while the victim runs a batch, so there is one to retry.
+                    with anyio.move_on_after(1.0):
+                        while not svc.replicas[VICTIM].active_requests:  # noqa: ASYNC110
+                            await anyio.sleep(0.0005)
                     if mesh is None:
                         pid = view.pids[VICTIM]
                         os.kill(pid, signal.SIGKILL)
