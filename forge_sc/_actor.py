@@ -30,6 +30,7 @@ from ._spec import (
     EndpointSpec,
     make_spec,
 )
+from .observe import _carry
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
@@ -149,6 +150,8 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
                 )
         if any(n in vars(cls) for n in (*CLASS_OPTIONS, "_extra_config")):
             _check_class_options(cls)
+        # Hidden twins that carry a trace context into the replica (forge_sc.observe).
+        _carry.add_twins(cls, _monarch_endpoint)
 
     @classmethod
     def options(cls, **options: Any) -> ConfiguredActor:

@@ -14,6 +14,14 @@ from ._context import CURRENT_SESSIONS
 __all__ = ["Dispatcher", "ServiceEndpoint"]
 
 
+class RouteObserver(Protocol):
+    """Wraps each routed request (``forge_sc.observe.otel`` installs one)."""
+
+    def route(
+        self, spec: EndpointSpec, coro: Coroutine[Any, Any, Any], sess_id: str | None
+    ) -> Coroutine[Any, Any, Any]: ...
+
+
 class Dispatcher(Protocol):
     """What an endpoint handle needs from its service (the service is one)."""
 
@@ -47,13 +55,16 @@ class ServiceEndpoint:
     """One endpoint of a service. ``route`` sends to one replica chosen by the
     endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
 
-    __slots__ = ("_batcher", "_spec", "_svc", "router")
+    __slots__ = ("_batcher", "_obs", "_spec", "_svc", "router")
 
     def __init__(self, svc: Dispatcher, spec: EndpointSpec) -> None:
         self._svc = svc
         self._spec = spec
         self.router: Router = spec.router()
         self._batcher: Batcher | None = None
+        #: The per-request observer (tracing, latency histogram), when one was
+        #: turned on before the service opened (forge_sc.observe.otel); else None.
+        self._obs: RouteObserver | None = None
 
     def _bind(self, batcher: Batcher) -> None:
         """Give a batched endpoint its batcher (made when the service starts)."""
@@ -90,9 +101,14 @@ class ServiceEndpoint:
                 batcher = self._batcher
                 if batcher is None:
                     raise RuntimeError(f"{spec.name}: the service was never started")
-                return batcher.submit(args, kwargs)
-            return _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
-        return svc._request(spec, self.router, args, kwargs, sess_id)
+                coro = batcher.submit(args, kwargs)
+            else:
+                coro = _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
+        else:
+            coro = svc._request(spec, self.router, args, kwargs, sess_id)
+        if self._obs is not None:  # tracing or the latency histogram is on: one check
+            return self._obs.route(spec, coro, sess_id)
+        return coro
 
     async def __call__(self, sess_id: str | None, *args: Any, **kwargs: Any) -> Any:
         """TorchForge's older call form, ``await svc.ep(session_id, *args)``: the same

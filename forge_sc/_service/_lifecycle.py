@@ -19,6 +19,7 @@ from .._replica import Incarnation, Replica, supervise
 from .._waiters import Waiter
 from ..errors import NoHealthyReplicasError, ServiceFailedError
 from ..mesh._protocol import MeshReplica, SpawnSpec
+from ..observe import _events
 from ._admission import Admission
 from ._state import HEALTHY
 
@@ -54,6 +55,7 @@ class Lifecycle(Admission):
         if self._starting and all(r._state is HEALTHY for r in self._replicas):
             self._starting = False
             self._started.set()
+            _events.service_started(self, len(self._replicas), clock() - self._t0)
 
     def _replica_died(self, replica: Replica) -> None:
         self._dirty = True
@@ -69,6 +71,7 @@ class Lifecycle(Admission):
         escalate = self._starting or all(r._exhausted for r in self._replicas)
         if escalate:
             self._failed = True
+            _events.service_escalated(self, budget, cause)
             # The body is cancelled before anyone wakes, so the body's own requests
             # end by that cancellation (see _escalated), not by NoHealthyReplicasError.
             if not self._starting and self._body_scope is not None:
@@ -128,7 +131,7 @@ class Lifecycle(Admission):
             r._drain()
             self._dirty = True
             r._waiters.wake_all()
-        with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+        with anyio.move_on_after(self._config.graceful_shutdown_timeout) as drain:
             for r in victims:
                 while r.active_requests:
                     waiter = Waiter()
@@ -137,6 +140,7 @@ class Lifecycle(Admission):
                         await waiter.event.wait()
                     finally:
                         r._waiters.discard(waiter)
+        _events.replicas_drained(self, [r.idx for r in victims], drain.cancelled_caught)
         for r in victims:
             r._stop()
         for r in victims:
@@ -170,6 +174,7 @@ class Lifecycle(Admission):
             self._forced = True
             self._wake_everyone()
             self._closed.set()
+            _events.service_stopped(self)
 
     async def _wait_started(self) -> None:
         await self._started.wait()
@@ -182,8 +187,10 @@ class Lifecycle(Admission):
         self._close_started = True
         self._closing = True
         if self._inflight:
+            _events.service_closing(self, self._inflight, self._config.graceful_shutdown_timeout)
             with anyio.move_on_after(self._config.graceful_shutdown_timeout):
                 await self._drained.wait()
+            _events.service_drained(self, self._inflight)
         self._forced = True
         self._wake_everyone()
         for r in self._replicas:

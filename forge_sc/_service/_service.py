@@ -28,6 +28,7 @@ from .._spec import EndpointSpec
 from .._stats import ServiceMetrics
 from .._waiters import WaitQueue
 from ..mesh._protocol import Mesh
+from ..observe import _events
 from ._autoscaler import autoscale
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
 from ._fanout import Fanout
@@ -208,6 +209,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         else:
             victims = self._replicas[num_replicas:]
             await self._retire(victims)
+        _events.service_scaled(self, current, num_replicas)
 
     async def shutdown(self) -> None:
         """Close the service: no new requests, in-flight ones finish (up to
