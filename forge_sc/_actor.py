@@ -23,6 +23,7 @@ from ._compat import (
 from ._config import ServiceConfig, config_field_names
 from ._options import CLASS_OPTIONS, ActorOptions, class_options
 from ._routing import RoundRobinRouter
+from ._shims._monarch import endpoint_method, endpoint_options
 from ._spec import (
     RESERVED_NAMES,
     SETUP_ENDPOINT,
@@ -124,8 +125,8 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in vars(cls).items():
-            is_endpoint = hasattr(value, "_method") and hasattr(value, "_propagator")
-            if not is_endpoint:
+            method = endpoint_method(value)
+            if method is None:
                 if name == SETUP_ENDPOINT and callable(value):
                     raise TypeError(
                         f"{cls.__name__}.setup is not an endpoint. forge_sc runs an "
@@ -135,7 +136,7 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
                 continue
             if not hasattr(value, SPEC_ATTR):
                 # A plain monarch.actor.endpoint: give it forge_sc's defaults.
-                setattr(value, SPEC_ATTR, make_spec(value._method))
+                setattr(value, SPEC_ATTR, make_spec(method))
             if name in CLASS_OPTIONS:
                 raise TypeError(
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
@@ -151,7 +152,7 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
         if any(n in vars(cls) for n in (*CLASS_OPTIONS, "_extra_config")):
             _check_class_options(cls)
         # Hidden twins that carry a trace context into the replica (forge_sc.observe).
-        _carry.add_twins(cls, _monarch_endpoint)
+        _carry.add_twins(cls, _monarch_endpoint, endpoint_method, endpoint_options)
 
     @classmethod
     def options(cls, **options: Any) -> ConfiguredActor:

@@ -34,11 +34,11 @@ import anyio.from_thread
 import anyio.lowlevel
 import outcome
 import trio
-from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionError
 
 from ._config import ServiceConfig
 from ._open import open_service
 from ._options import ActorOptions
+from ._shims._monarch import SupervisionError
 from ._spec import collect_endpoints
 from .errors import ServiceClosedError
 from .mesh._bridge import wait

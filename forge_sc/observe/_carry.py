@@ -114,23 +114,24 @@ def _make_twin(method: Callable[..., Any], name: str) -> Callable[..., Any] | No
     return made
 
 
-def add_twins(cls: type[Any], make_endpoint: Callable[..., Any]) -> None:
+def add_twins(
+    cls: type[Any],
+    make_endpoint: Callable[..., Any],
+    endpoint_method: Callable[[object], Callable[..., Any] | None],
+    endpoint_options: Callable[[object], dict[str, Any]],
+) -> None:
     """Give each endpoint defined on ``cls`` its traced twin (see the module docstring).
 
-    ``make_endpoint`` is Monarch's ``endpoint`` decorator (this module does not
-    import Monarch).
+    ``make_endpoint`` is Monarch's ``endpoint`` decorator; ``endpoint_method`` and
+    ``endpoint_options`` read a Monarch endpoint (``forge_sc._shims._monarch``). They
+    are passed in: this module does not import Monarch.
     """
     for name, value in list(vars(cls).items()):
-        method = getattr(value, "_method", None)
-        if method is None or not hasattr(value, "_propagator") or name.startswith(TWIN_PREFIX):
+        method = endpoint_method(value)
+        if method is None or name.startswith(TWIN_PREFIX):
             continue
         twin = _make_twin(method, name)
         if twin is None:
             continue
-        prop = make_endpoint(
-            twin,
-            propagate=value._propagator,
-            explicit_response_port=getattr(value, "_explicit_response_port", False),
-            instrument=getattr(value, "_instrument", True),
-        )
+        prop = make_endpoint(twin, **endpoint_options(value))
         setattr(cls, twin_name(name), prop)
