@@ -15,6 +15,7 @@ __all__ = [
     "FanoutError",
     "NoHealthyReplicasError",
     "ReplicaDiedError",
+    "RequestKilledReplicaError",
     "ServiceClosedError",
     "ServiceError",
     "ServiceFailedError",
@@ -39,6 +40,18 @@ class ServiceClosedError(ServiceError):
 class ReplicaDiedError(ServiceError):
     """The replica running the request died and the request could not be re-sent:
     ``max_attempts`` sends were used up, or the endpoint is ``idempotent=False``."""
+
+
+class RequestKilledReplicaError(ReplicaDiedError):
+    """The request killed the replica that ran it, so it was not re-sent (it would kill
+    the next replica too). Its endpoint let out an exception that ends the actor: on
+    Monarch, a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``, ``GeneratorExit``, a custom subclass) raised by a plain endpoint,
+    or anything raised by an endpoint with an explicit response port; FakeMesh does
+    the same. The replica is restarted once, as after any death. The message names
+    what was raised; ``__cause__`` is the backend's account (on FakeMesh, its own
+    ``__cause__`` is the exception itself). To reach the caller without losing the
+    replica, raise an ``Exception`` subclass instead."""
 
 
 class ServiceOverloadedError(ServiceError):

@@ -25,11 +25,12 @@ from .._waiters import Waiter, WaitQueue
 from ..errors import (
     NoHealthyReplicasError,
     ReplicaDiedError,
+    RequestKilledReplicaError,
     ServiceClosedError,
     ServiceError,
     ServiceOverloadedError,
 )
-from ..mesh import Mesh, ReplicaGone, SpawnSpec
+from ..mesh import CallKilledReplica, Mesh, ReplicaGone, SpawnSpec
 from ..replica import Incarnation, Replica, ReplicaState, supervise
 from ..routing import LeastLoadedRouter, Router, SessionRouter
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
@@ -361,6 +362,11 @@ class Service:
                 except ReplicaGone as exc:
                     self._release(replica, inc)
                     inc.die(exc)
+                    if isinstance(exc, CallKilledReplica):  # never re-send a poison request
+                        raise RequestKilledReplicaError(
+                            f"{spec.name}: this request killed replica {replica.idx}, so it "
+                            f"was not re-sent; the replica is restarted. {exc.args[0]}"
+                        ) from exc
                     if self._closing:
                         raise ServiceClosedError(
                             f"{spec.name}: the service closed while the request was running"
