@@ -663,6 +663,14 @@ class Service:
         try:
             results[replica.idx] = await handle.call(spec.name, args, kwargs)
             ok = True
+        except CallKilledReplica as exc:
+            inc.die(exc)
+            err = RequestKilledReplicaError(
+                f"{spec.name}: this call killed replica {replica.idx}; the replica is "
+                f"restarted. {exc.args[0]}"
+            )
+            err.__cause__ = exc
+            errors[replica.idx] = err
         except ReplicaGone as exc:
             inc.die(exc)
             died.append(replica.idx)
