@@ -26,6 +26,7 @@ import asyncio
 import enum
 import inspect
 import threading
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import CoroutineType
@@ -320,7 +321,9 @@ class FakeReplica:
         cause = exc.exc if isinstance(exc, _Fatal) else exc
         if self._life is not _Life.ALIVE:  # it was dead already: no answer
             await self._after_interrupt()
-        why = self._table.infos[endpoint].killed(repr(cause))
+        # Worded as Monarch's report ends: the exception's last traceback line.
+        what = traceback.format_exception_only(cause)[-1].strip()
+        why = self._table.infos[endpoint].killed(what)
         self._end(_Life.CRASHED, ReplicaGone(f"replica {self._idx} died. {why}"))
         raise CallKilledReplica(why) from cause
 
@@ -497,9 +500,10 @@ class FakeMesh:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 raise
             # On Monarch such a constructor ends the actor: the spawn fails.
+            what = traceback.format_exception_only(exc)[-1].strip()
             raise ReplicaStartError(
                 f"replica {idx} ({spec.actor_cls.__name__}) failed to start: its "
-                f"constructor raised {exc!r}, a BaseException that is not an Exception"
+                f"constructor raised {what}, a BaseException that is not an Exception"
             ) from exc
         replica = FakeReplica(self, spec, ranks, table)
         self._current[idx] = replica

@@ -47,6 +47,10 @@ class Poison(ForgeActor):
         return os.getpid() * 1_000_000 + id(self) % 1_000_000
 
     @endpoint
+    async def os_pid(self) -> int:
+        return os.getpid()
+
+    @endpoint
     async def echo(self, x: int) -> int:
         return x
 

@@ -46,7 +46,7 @@ async def test_a_constructor_raising_a_base_exception_fails_the_start_plainly() 
     cause = info.value.__cause__
     assert isinstance(cause, ReplicaStartError), repr(cause)
     assert isinstance(cause.__cause__, Boom)
-    assert "constructor raised Boom('constructor boom')" in str(cause)
+    assert "Boom: constructor boom" in str(cause)
 
 
 async def test_the_mesh_class_instead_of_an_instance_is_refused() -> None:

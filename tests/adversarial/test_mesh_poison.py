@@ -29,7 +29,7 @@ async def test_a_request_that_kills_its_replica_is_not_re_sent(kind: str) -> Non
                 await svc.poison.route(kind)
             assert await svc.echo.route(7) == 7  # a new incarnation answers
         err = info.value
-        assert f"raised {BASE_EXCEPTIONS[kind].__name__}" in str(err)
+        assert f"{BASE_EXCEPTIONS[kind].__name__}: poison: {kind}," in str(err)
         assert "Raise an Exception subclass instead" in str(err)
         assert isinstance(err.__cause__.__cause__, BASE_EXCEPTIONS[kind])  # type: ignore[union-attr]
         assert await svc.pid.route() != first
