@@ -143,6 +143,36 @@ def _stopped_by_signal(pid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].split(" ", 1)[0] == "T"
 
 
+#: Set in the environment of every process of a replica (its mesh name), so that the
+#: processes of a replica still starting, whose pids it has not learnt, can be found.
+_TAG = "FORGE_SC_REPLICA"
+
+
+def _tagged_children(name: str) -> list[int]:
+    """This process's children whose environment carries ``_TAG=name`` (Linux)."""
+    me = str(os.getpid())
+    tag = f"{_TAG}={name}".encode()
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            if stat[stat.rindex(")") + 2 :].split(" ", 2)[1] != me:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if tag in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 #: Monarch's frames that run an endpoint's body (``actor_mesh.py``).
 _DISPATCH = frozenset({"handle", "handle_sync"})
@@ -351,7 +381,7 @@ class MonarchReplica:
             self._gpus = await anyio.to_thread.run_sync(
                 self._pool.acquire, spec.procs * hosts, self._label
             )
-        env = _child_env(self._gpus)
+        env = {**_child_env(self._gpus), _TAG: self._name}
         _faults.register(self._name, self._on_failure)
         _faults.register(self._name + "_health", self._on_failure)
         # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
@@ -526,15 +556,33 @@ class MonarchReplica:
 
     async def _kill_after(self, grace: float) -> None:
         """Kill the replica's processes if Monarch has not stopped them within
-        ``grace`` seconds (at once if one is stopped by a signal: it cannot answer)."""
-        if not any(_stopped_by_signal(pid) for pid in self._pidfds):
+        ``grace`` seconds (at once if one is stopped by a signal: it cannot answer).
+        A replica still starting has not told its pids: its processes are found by
+        the tag in their environment."""
+        pids = set(self._pidfds) or set(_tagged_children(self._name))
+        if not any(_stopped_by_signal(pid) for pid in pids):
             await anyio.sleep(grace)
-        for pid, fd in self._pidfds.items():
-            try:
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
-            except (AttributeError, OSError):  # gone already, or no pidfd support
-                continue
-            log.info("forge_sc: killed process %d of %s (it did not stop)", pid, self._label)
+        fds = dict(self._pidfds)
+        opened: list[int] = []
+        try:
+            if not fds:
+                for pid in _tagged_children(self._name):
+                    fd = _open_pidfd(pid)
+                    if fd is not None:
+                        opened.append(fd)
+                        fds[pid] = fd
+                # A pid read before its pidfd was opened may have been reused since.
+                still = set(_tagged_children(self._name))
+                fds = {pid: fd for pid, fd in fds.items() if pid in still}
+            for pid, fd in fds.items():
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except (AttributeError, OSError):  # gone already, or no pidfd support
+                    continue
+                log.info("forge_sc: killed process %d of %s (it did not stop)", pid, self._label)
+        finally:
+            for fd in opened:
+                os.close(fd)
 
     # ------------------------------------------------------------ death
 

@@ -16,13 +16,20 @@ import pytest
 from forge_sc import Service, open_service
 from forge_sc.errors import RequestKilledReplicaError, ServiceFailedError
 from forge_sc.mesh import ReplicaStartError
+from forge_sc.mesh.monarch import STOP_GRACE, MonarchMesh
 
 from ..adversarial.mesh_actors import BASE_EXCEPTIONS, InitBoom, Poison, Reader
 from ..adversarial.mesh_cases import CASES, Case, run_case
 from ..conftest import wait_for
-from ._support import pid_alive
+from ._support import pid_alive, spawn
+from .service_actors import SlowInit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
+
+
+def _init_pids(marker_dir: Path) -> list[int]:
+    """The pids whose SlowInit constructor started (a file ``init-<pid>`` each)."""
+    return [int(p.name.split("-")[1]) for p in marker_dir.glob("init-*")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -135,6 +142,30 @@ async def test_a_sigstopped_replica_is_replaced_and_the_service_closes_in_time()
     assert closed <= bound, f"closed after {closed:.2f}s (bound {bound}s)"
     assert not pid_alive(stopped)
     assert len(outcomes) == 1
+
+
+async def test_a_replica_sigstopped_while_it_starts_is_stopped_at_once(
+    mesh: MonarchMesh, tmp_path: Path
+) -> None:
+    # Its pids are not known yet (its actor is still being built): its processes are
+    # found by the tag in their environment, and killed since they cannot answer.
+    (tmp_path / "delay").write_text("60")
+    stopped_at = 0.0
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+
+            async def stop_it_when_it_starts() -> None:
+                nonlocal stopped_at
+                await wait_for(lambda: bool(_init_pids(tmp_path)), timeout=60)
+                pid = _init_pids(tmp_path)[0]
+                os.kill(pid, signal.SIGSTOP)
+                stopped_at = time.monotonic()
+                tg.cancel_scope.cancel()  # the spawn is cancelled: it stops the replica
+
+            tg.start_soon(stop_it_when_it_starts)
+            await spawn(mesh, SlowInit, str(tmp_path))
+    took = time.monotonic() - stopped_at
+    assert took < STOP_GRACE, f"the half-built replica took {took:.2f}s to stop"
 
 
 async def test_the_replica_process_has_forge_sc_imported_before_the_actor_module() -> None:
