@@ -10,9 +10,7 @@ The hook never raises and never exits. It looks the failed mesh up by name:
 
 * a live forge_sc mesh: its listener is called (it posts the death to its replica's
   event loop);
-* a forge_sc mesh already stopped, Monarch's internal ``logger`` mesh, or the
-  ``setup`` mesh of Monarch's ``SetupActor`` (which runs forge_sc's bootstrap in every
-  replica process): dropped;
+* a forge_sc mesh already stopped, or Monarch's internal ``logger`` mesh: dropped;
 * anything else: handed to the hook that was installed before forge_sc's, if that
   was not Monarch's default; otherwise logged at WARNING.
 """
@@ -78,18 +76,13 @@ def unregister(name: str) -> None:
             _retired.popitem(last=False)
 
 
-def _is_setup(name: str, failure: Any) -> bool:
-    """Whether ``failure`` is of Monarch's own setup actor mesh (``bootstrap=``)."""
-    return name == "setup" and "proc_mesh.SetupActor" in str(failure.report())
-
-
 def _hook(failure: Any) -> None:
     previous: Callable[[Any], object] | None = None
     try:
         name = mesh_key(str(failure.mesh_name))
         with _lock:
             listener = _listeners.get(name)
-            known = name in _retired or name == "logger" or _is_setup(name, failure)
+            known = name in _retired or name == "logger"
             previous = None if listener is not None or known else _previous
         if listener is not None:
             listener(failure.report())

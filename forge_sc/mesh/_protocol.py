@@ -24,8 +24,9 @@ Contract every backend keeps (the core relies on each point):
   core bounds it with ``health_timeout``.
 * ``wait_dead`` returns (with the reason) as soon as the backend learns that the
   replica died; it never returns for a healthy replica.
-* ``stop`` is idempotent, safe to call on a half-built or dead replica, and is called
-  by the core inside a shielded scope.
+* ``stop`` is idempotent, safe to call on a half-built or dead replica, bounded in
+  time (a process that cannot answer is killed), and is called by the core inside a
+  shielded scope.
 """
 
 from __future__ import annotations

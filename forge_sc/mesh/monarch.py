@@ -42,11 +42,11 @@ mesh with a dead process.
   SIGSTOPped one); after :data:`STOP_GRACE` (at once for a stopped process) the
   replica's processes are killed (SIGKILL through their pidfds), and Monarch's stop
   returns then.
-* Imports in the children: Monarch builds the user's actor and the health actor on two
-  threads of each new process at once, and two threads importing forge_sc at once can
-  deadlock in Python's import locks (``_DeadlockError``). Each process first runs
-  :func:`_child_setup` (Monarch's ``bootstrap``), which imports forge_sc on one thread
-  before either actor is built.
+* Imports in the children: Monarch builds each actor of a process on a thread of its
+  own, and two threads importing forge_sc at once can deadlock in Python's import
+  locks (``_DeadlockError``). So the health actor (whose class is forge_sc's) is
+  built first, alone, and the user's actor (whose module imports forge_sc) only once
+  the health actor answered.
 """
 
 from __future__ import annotations
@@ -123,14 +123,6 @@ REPORT_GRACE = 1.0
 #: A healthy 1-2 process mesh stops in ~0.5 s; one that cannot answer (SIGSTOPped,
 #: stuck in native code) would hold Monarch's stop ~20 s.
 STOP_GRACE = 2.0
-
-
-def _child_setup() -> None:
-    """Monarch's ``bootstrap`` of each replica process: it runs on one thread before
-    the replica's actors are built. Unpickling this function imported forge_sc and
-    its Monarch backend there, so the two threads that then build the user's actor
-    and the health actor at once find them imported (two threads importing forge_sc
-    at once can deadlock in Python's import locks)."""
 
 
 def _stopped_by_signal(pid: int) -> bool:
@@ -386,12 +378,16 @@ class MonarchReplica:
         _faults.register(self._name + "_health", self._on_failure)
         # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
         await anyio.to_thread.run_sync(partial(self._build, env, hosts))
-        await wait(_ready_endpoint(self._actor).call(), self._group)
+        # The health actor first, alone: building it imports forge_sc in each process.
+        # Only then the user's actor, whose module imports forge_sc too: two threads
+        # importing forge_sc at once can deadlock in Python's import locks.
         pids: Any = await wait(self._health.pid.call(), self._group)
         for pid in pids.values():
             fd = _open_pidfd(pid)
             if fd is not None:
                 self._pidfds[pid] = fd
+        await anyio.to_thread.run_sync(self._spawn_actor)
+        await wait(_ready_endpoint(self._actor).call(), self._group)
 
     def _build(self, env: dict[str, str], hosts: int) -> None:
         spec = self._spec
@@ -404,11 +400,12 @@ class MonarchReplica:
             host_mesh = job.state(cached_path=None).hosts
         else:
             host_mesh = this_host()
-        self._procs = host_mesh.spawn_procs(
-            per_host={"procs": spec.procs}, bootstrap=_child_setup, bootstrap_command=cmd
-        )
-        self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
+        self._procs = host_mesh.spawn_procs(per_host={"procs": spec.procs}, bootstrap_command=cmd)
         self._health = self._procs.spawn(self._name + "_health", _Health)
+
+    def _spawn_actor(self) -> None:
+        spec = self._spec
+        self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
 
     # ------------------------------------------------------------ protocol
 

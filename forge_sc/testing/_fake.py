@@ -17,7 +17,14 @@ waits, as on a hung one, until the replica is stopped.
 Everything waits through anyio, so the mesh works under trio's
 ``MockClock(autojump_threshold=0)``. Faults are injected by replica index and hit
 the current incarnation (``crash``, ``hang``) or every later one (``slow``,
-``fail_spawns``).
+``fail_spawns``); injected from another thread, they run on the service's loop.
+
+Every endpoint kind Monarch accepts runs as Monarch runs it (the table in
+:mod:`forge_sc.mesh._kinds`): plain ``def`` and ``async def`` endpoints, concurrent
+ones (the user's method, unwrapped), explicit-port ones (with a port that answers the
+call), generators (``TypeError``, as Monarch cannot send them). An endpoint that lets
+out what ends the actor on Monarch (a ``BaseException`` that is not an ``Exception``)
+kills the incarnation here too, and that call raises ``CallKilledReplica``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from forge_sc.mesh.monarch import STOP_GRACE, MonarchMesh
 from ..adversarial.mesh_actors import BASE_EXCEPTIONS, InitBoom, Poison, Reader
 from ..adversarial.mesh_cases import CASES, Case, run_case
 from ..conftest import wait_for
-from ._support import pid_alive, spawn
+from ._support import live_descendants, pid_alive, spawn
 from .service_actors import SlowInit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
@@ -144,21 +144,37 @@ async def test_a_sigstopped_replica_is_replaced_and_the_service_closes_in_time()
     assert len(outcomes) == 1
 
 
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2 :].split()[0] == "T"
+
+
+@pytest.mark.parametrize("when", ["in its constructor", "before it answers anything"])
 async def test_a_replica_sigstopped_while_it_starts_is_stopped_at_once(
-    mesh: MonarchMesh, tmp_path: Path
+    mesh: MonarchMesh, tmp_path: Path, when: str
 ) -> None:
-    # Its pids are not known yet (its actor is still being built): its processes are
-    # found by the tag in their environment, and killed since they cannot answer.
+    # A stopped process cannot answer: stopping the replica kills it at once, also
+    # before its health actor told its pid (its processes are then found by a tag in
+    # their environment). Monarch's own stop would wait ~20 s.
     (tmp_path / "delay").write_text("60")
+    before = live_descendants()
     stopped_at = 0.0
+
+    def new_process() -> list[int]:
+        if when == "in its constructor":
+            return _init_pids(tmp_path)
+        return sorted(live_descendants() - before)
+
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
 
             async def stop_it_when_it_starts() -> None:
                 nonlocal stopped_at
-                await wait_for(lambda: bool(_init_pids(tmp_path)), timeout=60)
-                pid = _init_pids(tmp_path)[0]
+                await wait_for(lambda: bool(new_process()), timeout=60)
+                pid = new_process()[0]
                 os.kill(pid, signal.SIGSTOP)
+                await wait_for(lambda: _stopped(pid), timeout=10)
                 stopped_at = time.monotonic()
                 tg.cancel_scope.cancel()  # the spawn is cancelled: it stops the replica
 
