@@ -89,6 +89,11 @@ def build_service(
         from .mesh.monarch import MonarchMesh
 
         mesh = MonarchMesh()
+    elif isinstance(mesh, type):
+        raise TypeError(
+            f"mesh= needs a mesh instance, got the class {mesh.__name__}; "
+            f"write mesh={mesh.__name__}() (one per service)"
+        )
     elif not isinstance(mesh, Mesh):
         raise TypeError(f"mesh= must implement forge_sc.mesh.Mesh, got {mesh!r}")
     return Service._create(actor_cls, tuple(args), kwargs, config, mesh, endpoints)

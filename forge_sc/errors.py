@@ -21,6 +21,7 @@ __all__ = [
     "FanoutError",
     "NoHealthyReplicasError",
     "ReplicaDiedError",
+    "RequestKilledReplicaError",
     "ServiceClosedError",
     "ServiceError",
     "ServiceFailedError",
@@ -49,6 +50,18 @@ class ReplicaDiedError(ServiceError, RuntimeError):
     """The replica running the request died and the request could not be re-sent:
     ``max_attempts`` sends were used up, or the endpoint is ``idempotent=False``. A
     ``RuntimeError``, as TorchForge's error for a request on a failed replica."""
+
+
+class RequestKilledReplicaError(ReplicaDiedError):
+    """The request killed the replica that ran it, so it was not re-sent (it would kill
+    the next replica too). Its endpoint let out an exception that ends the actor: on
+    Monarch, a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``, ``GeneratorExit``, a custom subclass) raised by a plain endpoint,
+    or anything raised by an endpoint with an explicit response port; FakeMesh does
+    the same. The replica is restarted once, as after any death. The message names
+    what was raised; ``__cause__`` is the backend's account (on FakeMesh, its own
+    ``__cause__`` is the exception itself). To reach the caller without losing the
+    replica, raise an ``Exception`` subclass instead."""
 
 
 class ServiceOverloadedError(ServiceError):
