@@ -7,16 +7,31 @@ Monarch. An endpoint is a Monarch endpoint that also carries the service-level o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar, overload
 
 from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
-from ._compat import HostedService, shutdown_actor, spawn_actor, start_hosted_service
-from ._options import ActorOptions
+from ._compat import (
+    HostedService,
+    SpawnedActor,
+    shutdown_actor,
+    spawn_actor,
+    start_hosted_service,
+)
+from ._config import ServiceConfig, config_field_names
+from ._options import CLASS_OPTIONS, ActorOptions, class_options
 from ._routing import RoundRobinRouter
-from ._spec import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
+from ._shims._monarch import endpoint_method, endpoint_options
+from ._spec import (
+    RESERVED_NAMES,
+    SETUP_ENDPOINT,
+    SPEC_ATTR,
+    EndpointSpec,
+    make_spec,
+)
+from .observe import _carry
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
@@ -53,8 +68,9 @@ def service_endpoint(
 ) -> Any:
     """An endpoint with service options.
 
-    ``router``: a :class:`~forge_sc.Router` class or zero-argument factory; each
-    service builds its own instance. ``batch_size > 1`` merges concurrent calls
+    ``router``: a :class:`~forge_sc.Router` instance (a prototype: each endpoint of
+    each service gets its own deep copy, so no router state is shared), a Router
+    class, or a zero-argument factory. ``batch_size > 1`` merges concurrent calls
     (arguments become lists, the endpoint returns a list of the same length).
     ``idempotent=False`` makes the endpoint at-most-once: it is never re-sent after
     it reached a replica.
@@ -82,27 +98,61 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
 
     Decorate methods with :func:`endpoint` or :func:`service_endpoint`. An endpoint
     may not be named like an attribute of the service handle (``session``,
-    ``replicas``, ``stop``, ...) or of Monarch's ``Actor``: that raises ``TypeError``
-    when the class is defined.
+    ``replicas``, ``stop``, ...), of Monarch's ``Actor``, or like one of the
+    configuration attributes below: that raises ``TypeError`` when the class is
+    defined.
+
+    The class attributes ``procs``, ``hosts``, ``with_gpus`` and ``num_replicas``
+    (TorchForge's) are the defaults of ``as_service()``, ``as_actor()`` and
+    ``open_service()``; ``options()`` and explicit keywords override them.
+    ``_extra_config`` may hold further :class:`ServiceConfig` fields as defaults.
+
+    An ``async def setup(self)`` endpoint, if the class defines one, runs once per
+    incarnation on every rank, after ``__init__`` and before the replica takes any
+    request (TorchForge's place for heavy, async initialisation such as loading a
+    model). It fails like a constructor: the service does not start (or the restart
+    counts against the budget in recovery).
     """
 
     __forge_sc_actor__ = True  # see forge_sc._options.is_forge_actor
 
+    procs: ClassVar[int] = 1
+    hosts: ClassVar[int | None] = None
+    with_gpus: ClassVar[bool] = False
+    num_replicas: ClassVar[int] = 1
+    _extra_config: ClassVar[Mapping[str, Any]] = {}
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in vars(cls).items():
-            is_endpoint = hasattr(value, "_method") and hasattr(value, "_propagator")
-            if not is_endpoint:
+            method = endpoint_method(value)
+            if method is None:
+                if name == SETUP_ENDPOINT and callable(value):
+                    raise TypeError(
+                        f"{cls.__name__}.setup is not an endpoint. forge_sc runs an "
+                        "actor's setup() after construction only when it is one: "
+                        "decorate it with @endpoint (as TorchForge does), or rename it."
+                    )
                 continue
             if not hasattr(value, SPEC_ATTR):
                 # A plain monarch.actor.endpoint: give it forge_sc's defaults.
-                setattr(value, SPEC_ATTR, make_spec(value._method))
+                setattr(value, SPEC_ATTR, make_spec(method))
+            if name in CLASS_OPTIONS:
+                raise TypeError(
+                    f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
+                    "class attribute is a configuration default (procs, hosts, "
+                    "with_gpus, num_replicas). Rename it."
+                )
             if name.startswith("_") or name in RESERVED_NAMES or name in _MONARCH_NAMES:
                 raise TypeError(
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
                     "name belongs to the service handle or to Monarch's Actor (and names "
                     "starting with '_' are the handle's internals). Rename it."
                 )
+        if any(n in vars(cls) for n in (*CLASS_OPTIONS, "_extra_config")):
+            _check_class_options(cls)
+        # Hidden twins that carry a trace context into the replica (forge_sc.observe).
+        _carry.add_twins(cls, _monarch_endpoint, endpoint_method, endpoint_options)
 
     @classmethod
     def options(cls, **options: Any) -> ConfiguredActor:
@@ -120,13 +170,13 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
         return await ConfiguredActor(cls, {}).as_service(*args, **kwargs)
 
     @classmethod
-    async def as_actor(cls, *args: Any, **kwargs: Any) -> Any:
-        """Spawn a plain Monarch actor mesh (see :meth:`ConfiguredActor.as_actor`)."""
+    async def as_actor(cls, *args: Any, **kwargs: Any) -> SpawnedActor:
+        """Spawn the actor on new processes (see :meth:`ConfiguredActor.as_actor`)."""
         return await ConfiguredActor(cls, {}).as_actor(*args, **kwargs)
 
     @classmethod
     async def shutdown(cls, actor: Any) -> None:
-        """Stop an actor mesh made by :meth:`as_actor` and its processes."""
+        """Stop an actor made by :meth:`as_actor` and its processes (idempotent)."""
         await shutdown_actor(actor)
 
 
@@ -146,6 +196,26 @@ class ConfiguredActor(ActorOptions):
         """
         return await start_hosted_service(self, args, kwargs)
 
-    async def as_actor(self, *args: Any, **kwargs: Any) -> Any:
-        """Spawn the actor on ``procs`` new processes and return the Monarch actor mesh."""
+    async def as_actor(self, *args: Any, **kwargs: Any) -> SpawnedActor:
+        """Spawn the actor on ``procs`` new processes (``hosts``, ``with_gpus``
+        honoured; ``setup()`` run) and return its handle, whose endpoints have
+        Monarch's ``choose``, ``call_one``, ``call`` and ``broadcast``, awaitable on
+        asyncio and trio. Stop it with ``await ForgeActor.shutdown(actor)``."""
         return await spawn_actor(self, args, kwargs)
+
+
+def _check_class_options(cls: type[ForgeActor]) -> None:
+    extra = getattr(cls, "_extra_config", None) or {}
+    if not isinstance(extra, Mapping):
+        raise TypeError(f"{cls.__name__}._extra_config must be a dict, got {extra!r}")
+    unknown = set(extra) - config_field_names()
+    if unknown:
+        raise TypeError(
+            f"{cls.__name__}._extra_config has unknown option(s) {sorted(unknown)}; "
+            f"valid options are the ServiceConfig fields: {sorted(config_field_names())}"
+        )
+    try:
+        ServiceConfig(**class_options(cls))
+    except ValueError as exc:
+        what = f"{cls.__name__}: a class attribute is not a valid default"
+        raise ValueError(f"{what}: {exc}") from None

@@ -1,10 +1,12 @@
 """TorchForge-compatible entry points: ``as_actor``, ``as_service``, ``shutdown``.
 
-``await Counter.options(procs=1).as_actor(5)`` spawns a plain Monarch actor mesh on new
+``actor = await Counter.options(procs=1).as_actor(5)`` spawns the actor on new
 processes (through :class:`~forge_sc.mesh.monarch.MonarchMesh`, so the import path,
-readiness, GPUs and spawn errors behave as for a replica); ``await
-Counter.shutdown(actor)`` stops those processes. The mesh is Monarch's own object:
-``await actor.value.choose()`` needs an asyncio loop, as in Monarch.
+readiness, ``setup()``, GPUs and spawn errors behave as for a replica) and returns a
+:class:`SpawnedActor`: its endpoints have Monarch's ``choose``, ``call_one``, ``call``
+(a Monarch ``ValueMesh``) and ``broadcast``, awaitable on asyncio and on trio (through
+:mod:`forge_sc.mesh._bridge`, as the services' calls). ``await
+Counter.shutdown(actor)`` stops its processes.
 
 ``svc = await Counter.options(num_replicas=2).as_service(5)`` returns a service with
 no ``async with`` around it. A service must be owned by a task group, so this one
@@ -21,7 +23,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from concurrent.futures import Future as ConcurrentFuture
 from contextvars import ContextVar
 from functools import partial
@@ -37,7 +39,10 @@ from ._config import ServiceConfig
 from ._open import open_service
 from ._options import ActorOptions
 from ._service._context import BlockSession
+from ._shims._monarch import SupervisionError
+from ._spec import collect_endpoints
 from .errors import ServiceClosedError
+from .mesh._bridge import wait
 from .mesh._protocol import SpawnSpec
 from .mesh.monarch import MonarchMesh, MonarchReplica
 
@@ -45,21 +50,27 @@ if TYPE_CHECKING:
     from ._service import Service
     from ._service._handle import ServiceEndpoint
 
-__all__ = ["HostedService", "shutdown_actor", "spawn_actor", "start_hosted_service"]
+__all__ = [
+    "ActorEndpoint",
+    "HostedService",
+    "SpawnedActor",
+    "shutdown_actor",
+    "spawn_actor",
+    "start_hosted_service",
+]
 
 T = TypeVar("T")
-
-_REPLICA_ATTR = "_forge_sc_replica"
 
 
 # ---------------------------------------------------------------- as_actor
 
 
-async def spawn_actor(configured: ActorOptions, args: tuple[Any, ...], kwargs: Any) -> Any:
+async def spawn_actor(configured: ActorOptions, args: tuple[Any, ...], kwargs: Any) -> SpawnedActor:
     """Spawn ``configured.actor_cls(*args, **kwargs)`` on ``procs`` new processes
-    (``hosts``, ``with_gpus`` honoured) and return Monarch's actor mesh, once the
-    actor is constructed. Stop it with :func:`shutdown_actor`."""
-    config = ServiceConfig(**configured.options_)
+    (``hosts``, ``with_gpus`` honoured, the class attributes as defaults) and return
+    its handle once the actor is constructed and its ``setup()``, if any, has run.
+    Stop it with :func:`shutdown_actor`."""
+    config = ServiceConfig(**configured.config_options())
     spec = SpawnSpec(
         idx=0,
         actor_cls=configured.actor_cls,
@@ -70,17 +81,137 @@ async def spawn_actor(configured: ActorOptions, args: tuple[Any, ...], kwargs: A
         with_gpus=config.with_gpus,
     )
     replica = await MonarchMesh().spawn(spec)
-    actor = replica._actor
-    setattr(actor, _REPLICA_ATTR, replica)
-    return actor
+    return SpawnedActor(replica, configured.actor_cls)
 
 
 async def shutdown_actor(actor: Any) -> None:
-    """Stop an actor mesh made by :func:`spawn_actor` and its processes (idempotent)."""
-    replica = getattr(actor, _REPLICA_ATTR, None)
-    if not isinstance(replica, MonarchReplica):
+    """Stop an actor made by :func:`spawn_actor` and its processes (idempotent)."""
+    if not isinstance(actor, SpawnedActor):
         raise TypeError(f"{actor!r} was not made by as_actor(); it cannot be shut down here")
-    await replica.stop()
+    await actor._replica.stop()
+
+
+class _Sent:
+    """What ``broadcast()`` returns: the message is already sent (fire and forget,
+    as in Monarch); awaiting it is optional and returns None at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return None
+        yield  # pragma: no cover - makes this a generator
+
+
+_SENT = _Sent()
+
+
+class ActorEndpoint:
+    """``actor.<endpoint>`` of an actor made by ``as_actor()``: Monarch's endpoint
+    API, every call awaitable on asyncio and trio.
+
+    Errors are Monarch's: ``monarch.actor.ActorError`` when the endpoint raised (its
+    ``.exception`` is the endpoint's own), ``SupervisionError`` (a ``RuntimeError``)
+    when the actor's process died. A call made after ``ForgeActor.shutdown(actor)``,
+    or still running when it was called, raises ``ServiceClosedError``.
+    """
+
+    __slots__ = ("_name", "_owner")
+
+    def __init__(self, owner: SpawnedActor, name: str) -> None:
+        self._owner = owner
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"<ActorEndpoint {self._name}>"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def _monarch(self) -> Any:
+        return self._owner._endpoint(self._name)
+
+    async def choose(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on one actor of the mesh, picked at random; return its result."""
+        return await self._owner._wait(self._monarch().choose(*args, **kwargs))
+
+    async def call_one(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on the only actor of the mesh (``ValueError`` if it has several)."""
+        return await self._owner._wait(self._monarch().call_one(*args, **kwargs))
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        """Run on every actor; return Monarch's ``ValueMesh`` of the results
+        (``list(vm.values())`` in rank order, ``vm.items()`` with their points)."""
+        return await self._owner._wait(self._monarch().call(*args, **kwargs))
+
+    def broadcast(self, *args: Any, **kwargs: Any) -> _Sent:
+        """Send to every actor without waiting for anything (Monarch's fire and
+        forget). Returns an awaitable that is already done."""
+        self._monarch().broadcast(*args, **kwargs)
+        return _SENT
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Coroutine[Any, Any, Any]]:
+        """Send to every actor; yield one awaitable per actor's result."""
+        for fut in self._monarch().stream(*args, **kwargs):
+            yield self._owner._wait(fut)
+
+    def route(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError(_NOT_ON_ACTOR.format(verb="route"))
+
+    def fanout(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise NotImplementedError(_NOT_ON_ACTOR.format(verb="fanout"))
+
+
+_NOT_ON_ACTOR = (
+    "You tried to use {verb}() on an actor made by as_actor(), not a service. Actors "
+    "support choose(), call_one(), call() and broadcast(); spawn it with as_service() "
+    "or open_service() for route() and fanout()."
+)
+
+
+class SpawnedActor:
+    """The handle ``as_actor()`` returns: one :class:`ActorEndpoint` per endpoint of
+    the actor class. Stop it with ``await ForgeActor.shutdown(actor)``."""
+
+    def __init__(self, replica: MonarchReplica, actor_cls: type[Any]) -> None:
+        self._replica = replica
+        self._actor_cls = actor_cls
+        self._names = tuple(collect_endpoints(actor_cls))
+        for name in self._names:
+            self.__dict__[name] = ActorEndpoint(self, name)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are neither endpoints nor attributes.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        known = ", ".join(sorted(self._names)) or "(none)"
+        raise AttributeError(
+            f"{self._actor_cls.__name__} has no endpoint {name!r}; its endpoints are: "
+            f"{known}. Mark the method with @endpoint or @service_endpoint."
+        )
+
+    def __repr__(self) -> str:
+        state = " shut down" if self._replica._stopping else ""
+        return f"<SpawnedActor {self._actor_cls.__name__} mesh={self._replica.mesh_name}{state}>"
+
+    def _closed(self) -> ServiceClosedError:
+        return ServiceClosedError(
+            f"{self._actor_cls.__name__}: this actor was shut down by "
+            "ForgeActor.shutdown(); spawn a new one with as_actor()"
+        )
+
+    def _endpoint(self, name: str) -> Any:
+        if self._replica._stopping:
+            raise self._closed()
+        return getattr(self._replica._actor, name)
+
+    async def _wait(self, fut: Any) -> Any:
+        try:
+            return await wait(fut)
+        except SupervisionError as exc:
+            if self._replica._stopping:  # "stopped by client": our own shutdown
+                raise self._closed() from exc
+            raise
 
 
 # ---------------------------------------------------------------- as_service
@@ -234,6 +365,10 @@ class HostedEndpoint:
             sess_id = _HOSTED_SESSIONS.get({}).get(self._owner)
         return await self._owner._run(partial(self._ep.route, *args, sess_id=sess_id, **kwargs))
 
+    async def __call__(self, sess_id: str | None, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`ServiceEndpoint.__call__`, run in the service's host thread."""
+        return await self._owner._run(partial(self._ep.__call__, sess_id, *args, **kwargs))
+
     async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
         """As :meth:`ServiceEndpoint.fanout`, run in the service's host thread."""
         result: list[Any] = await self._owner._run(partial(self._ep.fanout, *args, **kwargs))
@@ -287,6 +422,12 @@ class HostedService:
     @property
     def replicas(self) -> list[Any]:
         return self._host.call_sync(lambda: self._svc.replicas)
+
+    @property
+    def _replicas(self) -> list[Any]:
+        """The replica views, under the name TorchForge's docs use
+        (``metrics.get_avg_capacity_utilization(service._replicas)``)."""
+        return self.replicas
 
     async def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
         result: list[Any] = await self._run(partial(self._svc.call_all, name, *args, **kwargs))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._config import ServiceConfig, config_field_names
-from ._options import ActorOptions, is_forge_actor
+from ._options import ActorOptions, class_options, is_forge_actor
 from ._service._scope import ServiceScope
 from ._service._service import Service
 from ._spec import collect_endpoints
@@ -73,21 +73,27 @@ def build_service(
     mesh: Mesh | None,
 ) -> Service:
     """Validate and construct a (not yet running) Service."""
-    options: dict[str, Any] = {}
-    if isinstance(actor_cls, ActorOptions):
-        options = dict(actor_cls.options_)
-        actor_cls = actor_cls.actor_cls
+    configured = actor_cls if isinstance(actor_cls, ActorOptions) else None
+    if configured is not None:
+        actor_cls = configured.actor_cls
     if not is_forge_actor(actor_cls):
         raise TypeError(
             f"open_service() needs a ForgeActor subclass, got {actor_cls!r}; "
             "derive your actor from forge_sc.ForgeActor"
         )
+    # Class attributes < options() < explicit keywords.
+    options = configured.config_options() if configured else class_options(actor_cls)
     config = ServiceConfig(**{**options, **explicit})
     endpoints = collect_endpoints(actor_cls)
     if mesh is None:
         from .mesh.monarch import MonarchMesh
 
         mesh = MonarchMesh()
+    elif isinstance(mesh, type):
+        raise TypeError(
+            f"mesh= needs a mesh instance, got the class {mesh.__name__}; "
+            f"write mesh={mesh.__name__}() (one per service)"
+        )
     elif not isinstance(mesh, Mesh):
         raise TypeError(f"mesh= must implement forge_sc.mesh.Mesh, got {mesh!r}")
     return Service._create(actor_cls, tuple(args), kwargs, config, mesh, endpoints)

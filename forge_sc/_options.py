@@ -12,15 +12,26 @@ from typing import Any
 
 from ._config import ServiceConfig, config_field_names
 
-__all__ = ["FORGE_ACTOR_MARK", "ActorOptions", "is_forge_actor"]
+__all__ = ["CLASS_OPTIONS", "FORGE_ACTOR_MARK", "ActorOptions", "class_options", "is_forge_actor"]
 
 #: Set on ``ForgeActor`` (and so inherited by every subclass).
 FORGE_ACTOR_MARK = "__forge_sc_actor__"
+
+#: The ForgeActor class attributes that are configuration defaults (TorchForge's).
+CLASS_OPTIONS = ("procs", "hosts", "with_gpus", "num_replicas")
 
 
 def is_forge_actor(cls: object) -> bool:
     """Whether ``cls`` is a ``ForgeActor`` subclass."""
     return isinstance(cls, type) and getattr(cls, FORGE_ACTOR_MARK, False) is True
+
+
+def class_options(actor_cls: type[Any]) -> dict[str, Any]:
+    """The configuration defaults an actor class declares: its ``procs``, ``hosts``,
+    ``with_gpus`` and ``num_replicas`` attributes, then its ``_extra_config``."""
+    found = {name: getattr(actor_cls, name) for name in CLASS_OPTIONS}
+    found.update(getattr(actor_cls, "_extra_config", None) or {})
+    return found
 
 
 class ActorOptions:
@@ -38,9 +49,14 @@ class ActorOptions:
                 f"{actor_cls.__name__}.options() got unknown option(s) {sorted(unknown)}; "
                 f"valid options are the ServiceConfig fields: {sorted(config_field_names())}"
             )
-        ServiceConfig(**options)  # validate now: a bad value fails here, naming the field
+        # Validate now, with the class defaults: a bad value fails here, naming the field.
+        ServiceConfig(**{**class_options(actor_cls), **options})
         self.actor_cls = actor_cls
         self.options_ = dict(options)
 
     def __repr__(self) -> str:
         return f"{self.actor_cls.__name__}.options({self.options_!r})"
+
+    def config_options(self) -> dict[str, Any]:
+        """The class defaults (see :func:`class_options`) with these options on top."""
+        return {**class_options(self.actor_cls), **self.options_}

@@ -10,7 +10,14 @@ import attrs
 from ._config import finite_float, show
 from ._routing import RoundRobinRouter, RouterFactory, make_router_factory
 
-__all__ = ["RESERVED_NAMES", "EndpointSpec", "collect_endpoints", "make_spec"]
+__all__ = [
+    "RESERVED_NAMES",
+    "SETUP_ENDPOINT",
+    "EndpointSpec",
+    "collect_endpoints",
+    "make_spec",
+    "setup_endpoint",
+]
 
 #: Names an endpoint may not take: they are attributes of the service handle.
 RESERVED_NAMES = frozenset(
@@ -39,6 +46,10 @@ SPEC_ATTR = "_forge_spec"
 
 #: The largest ``batch_size`` accepted.
 MAX_BATCH_SIZE = 1_000_000
+
+#: The endpoint a backend runs once per incarnation, after construction and before
+#: the replica takes traffic (TorchForge's ``setup``), if the actor defines it.
+SETUP_ENDPOINT = "setup"
 
 
 @attrs.frozen
@@ -106,3 +117,13 @@ def collect_endpoints(actor_cls: type[Any]) -> Mapping[str, EndpointSpec]:
             else:
                 found.pop(attr_name, None)
     return found
+
+
+def setup_endpoint(actor_cls: type[Any]) -> Callable[..., Any] | None:
+    """The function of ``actor_cls``'s ``setup`` endpoint, or None if it has none.
+
+    A backend calls it with the actor instance (each rank) and no arguments, after
+    ``__init__`` and before the replica is handed to the service; if it raises, the
+    spawn fails with that error (a constructor failure)."""
+    spec = collect_endpoints(actor_cls).get(SETUP_ENDPOINT)
+    return None if spec is None else spec.fn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -61,6 +62,10 @@ class ServiceMetrics:
     ``queue_depth`` counts every request waiting for a slot: in the service queue and
     in the replicas' session queues (each replica's ``queue_depth`` is its share of the
     latter).
+
+    TorchForge's read methods are here too, with its signatures:
+    :meth:`get_total_request_rate`, :meth:`get_avg_queue_depth`,
+    :meth:`get_avg_capacity_utilization` and :meth:`get_sessions_per_replica`.
     """
 
     total_requests: int
@@ -83,6 +88,46 @@ class ServiceMetrics:
     uptime: float
     replicas: tuple[ReplicaMetrics, ...]
     batchers: tuple[BatcherStatistics, ...] = ()
+
+    # ------------------------------------------------------ TorchForge's readers
+
+    def get_total_request_rate(self) -> float:
+        """Requests per second across the service: ``request_rate`` (requests that
+        ended in the last 60 s over min(60 s, uptime))."""
+        return self.request_rate
+
+    def get_avg_queue_depth(self, replicas: Iterable[Any] | None = None) -> float:
+        """Requests waiting for a slot (``queue_depth``) per replica.
+
+        Without an argument (as the seeds call it) the mean is over every replica,
+        as ``summary()["service"]["avg_queue_depth"]``; given ``replicas`` (as
+        TorchForge's code calls it: ``service._replicas``), over the healthy ones
+        among them. 0.0 when there is none.
+        """
+        n = len(self.replicas) if replicas is None else len(self._healthy_among(replicas))
+        return self.queue_depth / n if n else 0.0
+
+    def get_avg_capacity_utilization(self, replicas: Iterable[Any]) -> float:
+        """Mean ``capacity_utilization`` of the replicas among ``replicas`` that were
+        healthy at this snapshot (TorchForge's definition), 0.0 if none.
+
+        ``replicas`` is what the seeds pass, ``service._replicas``: replica views (or
+        :class:`ReplicaMetrics`, or plain indices); each is looked up here by index.
+        """
+        healthy = self._healthy_among(replicas)
+        if not healthy:
+            return 0.0
+        return sum(r.capacity_utilization for r in healthy) / len(healthy)
+
+    def get_sessions_per_replica(self) -> float:
+        """Active sessions per replica (over every replica), 0.0 without replicas."""
+        n = len(self.replicas)
+        return self.active_sessions / n if n else 0.0
+
+    def _healthy_among(self, replicas: Iterable[Any]) -> list[ReplicaMetrics]:
+        by_idx = {r.idx: r for r in self.replicas}
+        wanted = {r if isinstance(r, int) else r.idx for r in replicas}
+        return [m for i, m in by_idx.items() if i in wanted and m.healthy]
 
     def summary(self) -> dict[str, Any]:
         """TorchForge's ``get_metrics_summary()`` layout."""

@@ -3,6 +3,12 @@
 Every request ends in exactly one way: its result, the endpoint's own exception
 (re-raised with its original type), or one of the exceptions below. Each message
 says what happened and what to do about it.
+
+TorchForge raised ``RuntimeError`` when no replica was healthy, when a replica died or
+stopped under a request, and on a stopped service; the errors of those cases here
+are ``RuntimeError`` too, so a TorchForge user's ``except RuntimeError`` still
+catches them: :class:`NoHealthyReplicasError`, :class:`ReplicaDiedError`,
+:class:`ServiceClosedError`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ __all__ = [
     "FanoutError",
     "NoHealthyReplicasError",
     "ReplicaDiedError",
+    "RequestKilledReplicaError",
     "ServiceClosedError",
     "ServiceError",
     "ServiceFailedError",
@@ -26,19 +33,35 @@ class ServiceError(Exception):
     """Base class of every error raised by a forge_sc service."""
 
 
-class NoHealthyReplicasError(ServiceError):
+class NoHealthyReplicasError(ServiceError, RuntimeError):
     """No replica could take the request: none was healthy within ``request_timeout``,
-    or every replica is out of its restart budget."""
+    or every replica is out of its restart budget. A ``RuntimeError``, as in
+    TorchForge (``call_all`` "raises RuntimeError if no healthy replicas")."""
 
 
-class ServiceClosedError(ServiceError):
+class ServiceClosedError(ServiceError, RuntimeError):
     """The service is closing or closed; it accepts no new requests, and requests
-    still running when ``graceful_shutdown_timeout`` ran out were cancelled."""
+    still running when ``graceful_shutdown_timeout`` ran out were cancelled. Also
+    raised by a call to an actor made by ``as_actor()`` after
+    ``ForgeActor.shutdown(actor)``. A ``RuntimeError``, as in TorchForge."""
 
 
-class ReplicaDiedError(ServiceError):
+class ReplicaDiedError(ServiceError, RuntimeError):
     """The replica running the request died and the request could not be re-sent:
-    ``max_attempts`` sends were used up, or the endpoint is ``idempotent=False``."""
+    ``max_attempts`` sends were used up, or the endpoint is ``idempotent=False``. A
+    ``RuntimeError``, as TorchForge's error for a request on a failed replica."""
+
+
+class RequestKilledReplicaError(ReplicaDiedError):
+    """The request killed the replica that ran it, so it was not re-sent (it would kill
+    the next replica too). Its endpoint let out an exception that ends the actor: on
+    Monarch, a ``BaseException`` that is not an ``Exception`` (``KeyboardInterrupt``,
+    ``SystemExit``, ``GeneratorExit``, a custom subclass) raised by a plain endpoint,
+    or anything raised by an endpoint with an explicit response port; FakeMesh does
+    the same. The replica is restarted once, as after any death. The message names
+    what was raised; ``__cause__`` is the backend's account (on FakeMesh, its own
+    ``__cause__`` is the exception itself). To reach the caller without losing the
+    replica, raise an ``Exception`` subclass instead."""
 
 
 class ServiceOverloadedError(ServiceError):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
 
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-restarts", type=int, default=50)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--progress-every", type=_positive, default=2.0, help="seconds between progress lines"
+    )
     args = parser.parse_args(argv)
     lo, hi = args.kill_interval
     if lo > hi:
@@ -88,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--callers and --replicas must be >= 1")
 
     def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        # The soak's own line ("t=  12.0s ..." of traffic), behind how far along it is.
+        m = re.match(r"t=\s*([\d.]+)s", line)
+        done = min(1.0, float(m.group(1)) / args.seconds) if m else 0.0
+        print(f"[{done:4.0%} of {args.seconds:.0f} s] {line}", file=sys.stderr, flush=True)
 
     cfg = SoakConfig(
         seconds=args.seconds,
@@ -105,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         restart_window=args.restart_window,
         max_restarts=args.max_restarts,
         progress=None if args.quiet else progress,
+        progress_every=args.progress_every,
     )
+    if not args.quiet:
+        print(
+            f"soak: {args.seconds:.0f} s of traffic, {args.callers} callers, {args.replicas} "
+            f"replicas, a SIG{args.signal} every {lo}-{hi} s ({args.backend}); progress "
+            f"every {args.progress_every:.0f} s on stderr",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         report = anyio.run(run_soak, cfg, backend=args.backend)
     except BaseException:

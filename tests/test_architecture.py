@@ -18,7 +18,8 @@ PKG = Path(__file__).resolve().parent.parent / "forge_sc"
 LAYERS: list[tuple[str, ...]] = [
     # foundation: errors, configuration, metric recorders, wait queues, dependency shims
     ("forge_sc.errors", "forge_sc._config", "forge_sc._metrics", "forge_sc._waiters"),
-    ("forge_sc._shims",),
+    # dependency shims; lifecycle events (stdlib logging) and the live-service registry
+    ("forge_sc._shims", "forge_sc.observe"),
     # the mesh boundary: the protocol the core speaks to backends
     ("forge_sc.mesh._protocol",),
     # replicas and their supervisors
@@ -37,7 +38,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("forge_sc._open",),
     ("forge_sc._compat",),
     ("forge_sc._actor",),
-    ("forge_sc",),
+    # the package, TorchForge's import path (forge.controller.service), the exporters
+    ("forge_sc", "forge_sc.service", "forge_sc.observe.otel", "forge_sc.observe.prometheus"),
 ]
 
 #: The service core: never imports Monarch, directly or through other modules.

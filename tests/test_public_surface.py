@@ -37,6 +37,10 @@ def test_the_public_modules_are_the_documented_ones() -> None:
         "forge_sc.errors",
         "forge_sc.mesh",
         "forge_sc.mesh.monarch",
+        "forge_sc.observe",
+        "forge_sc.observe.otel",
+        "forge_sc.observe.prometheus",
+        "forge_sc.service",
         "forge_sc.testing",
     ]
 

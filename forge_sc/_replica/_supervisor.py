@@ -19,6 +19,7 @@ import attrs
 from .._config import ServiceConfig
 from ..errors import ServiceFailedError
 from ..mesh._protocol import MeshReplica
+from ..observe import _events
 from ._replica import Incarnation, Replica, ReplicaEvents
 
 __all__ = ["MAX_BACKOFF", "ChildSpec", "supervise"]
@@ -56,12 +57,15 @@ class HealthCheckFailed(Exception):
 async def supervise(child: ChildSpec, replica: Replica) -> None:
     """Run ``replica`` until its scope is cancelled or its restart budget runs out."""
     config = child.config
+    svc = child.events  # the service, as the logs name it
     restarts_at: deque[float] = deque()
     first = True
     try:
         with replica._scope:
             while True:
                 inc = Incarnation(child.events, replica)
+                n = replica._restarts + 1  # the incarnation's number, for the logs
+                _events.replica_starting(svc, replica.idx, n)
                 try:
                     handle = await child.start(inc)
                 except Exception as exc:
@@ -72,11 +76,13 @@ async def supervise(child: ChildSpec, replica: Replica) -> None:
                             "(constructor arguments, importable module) and retry."
                         ) from exc
                     replica._died(exc)
+                    _events.replica_spawn_failed(svc, replica.idx, n, exc)
                 else:
                     await _serve(child, replica, inc, handle)
                     # The cause, if this escalates: the backend's own account of the
                     # death is the fullest (a call may have seen it first, tersely).
                     replica._died(getattr(handle, "death", None) or inc.reason)
+                    _events.replica_died(svc, replica.idx, n, replica._last_error)
                 first = False
                 if child.stopping() or replica._draining:
                     # The service (or this replica, scaled away) is stopping: an
@@ -87,13 +93,24 @@ async def supervise(child: ChildSpec, replica: Replica) -> None:
                     restarts_at.popleft()
                 if len(restarts_at) >= config.max_restarts:
                     replica._exhaust()
+                    _events.replica_exhausted(
+                        svc,
+                        replica.idx,
+                        config.max_restarts,
+                        config.restart_window,
+                        replica._last_error,
+                    )
                     child.events._replica_exhausted(replica)
                     return
                 # (The exponent is capped: 2**n of a large budget overflows a float.)
                 exponent = min(len(restarts_at), 64)
                 delay = min(config.restart_backoff * 2.0**exponent, MAX_BACKOFF)
                 replica._recovering()
-                await anyio.sleep(delay * child.rng.uniform(0.5, 1.0))
+                delay *= child.rng.uniform(0.5, 1.0)
+                _events.replica_restarting(
+                    svc, replica.idx, n + 1, len(restarts_at) + 1, config.max_restarts, delay
+                )
+                await anyio.sleep(delay)
                 restarts_at.append(anyio.current_time())
                 replica._restarted()
     finally:
@@ -107,6 +124,7 @@ async def _serve(child: ChildSpec, replica: Replica, inc: Incarnation, handle: M
             tg.start_soon(_poll_health, child.config, inc, handle)
             tg.start_soon(_watch_death, inc, handle)
             replica._serve(inc)
+            _events.replica_healthy(child.events, replica.idx, replica._restarts + 1)
             child.events._replica_healthy(replica)
             await inc.dead.wait()
             tg.cancel_scope.cancel()

@@ -8,6 +8,7 @@ what they are given: the service, not the router, records session assignments.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -147,28 +148,44 @@ class SessionRouter(Router):
 def make_router_factory(router: Any, *, where: str) -> RouterFactory:
     """Turn what a user passed as ``router=`` into a zero-argument factory.
 
-    Accepts a :class:`Router` subclass or a zero-argument callable returning a Router
-    (so no router instance is shared between endpoints). A Router *instance* is
-    rejected: it would carry state across endpoints and services.
+    Accepts a :class:`Router` subclass, a zero-argument callable returning a Router, or
+    a Router *instance* (as TorchForge writes it: ``router=RoundRobinRouter()``). An
+    instance is a prototype: it is deep-copied now, and the factory returns a fresh
+    deep copy of that snapshot each time, so every endpoint of every service gets its
+    own router and no state is shared (the user's own object is never used).
     """
     if isinstance(router, type):
         if not issubclass(router, Router):
             raise TypeError(
                 f"{where}: router={router.__name__} is not a subclass of forge_sc.Router; "
-                "pass a Router class or a zero-argument factory returning a Router"
+                "pass a Router instance, a Router class or a zero-argument factory"
             )
         return router
     if isinstance(router, Router):
-        raise TypeError(
-            f"{where}: router= got a Router instance ({router!r}); pass the class or a "
-            "zero-argument factory (e.g. lambda: SessionRouter(LeastLoadedRouter())) so "
-            "that no router instance is shared"
-        )
+        return _prototype_factory(router, where)
     if callable(router):
         return _checked_factory(router, where)
     raise TypeError(
-        f"{where}: router= must be a Router class or a zero-argument factory, got {router!r}"
+        f"{where}: router= must be a Router instance, a Router class or a zero-argument "
+        f"factory, got {router!r}"
     )
+
+
+def _prototype_factory(router: Router, where: str) -> RouterFactory:
+    try:
+        prototype = copy.deepcopy(router)
+    except Exception as exc:
+        raise TypeError(
+            f"{where}: router={router!r} cannot be copied ({exc!r}); each endpoint of "
+            "each service needs its own router, so pass the class or a zero-argument "
+            "factory instead (e.g. lambda: MyRouter(...))"
+        ) from exc
+
+    def make() -> Router:
+        copied: Router = copy.deepcopy(prototype)
+        return copied
+
+    return make
 
 
 def _checked_factory(factory: Callable[[], Any], where: str) -> RouterFactory:

@@ -9,8 +9,8 @@ import anyio
 from .._metrics import clock
 from .._replica import Replica
 from .._spec import EndpointSpec
-from ..errors import FanoutError, ReplicaDiedError
-from ..mesh._protocol import ReplicaGone
+from ..errors import FanoutError, ReplicaDiedError, RequestKilledReplicaError
+from ..mesh._protocol import CallKilledReplica, ReplicaGone
 from ._admission import Admission
 from ._state import HEALTHY
 
@@ -75,6 +75,14 @@ class Fanout(Admission):
         try:
             results[replica.idx] = await handle.call(spec.name, args, kwargs)
             ok = True
+        except CallKilledReplica as exc:
+            inc.die(exc)
+            err = RequestKilledReplicaError(
+                f"{spec.name}: this call killed replica {replica.idx}; the replica is "
+                f"restarted. {exc.args[0]}"
+            )
+            err.__cause__ = exc
+            errors[replica.idx] = err
         except ReplicaGone as exc:
             inc.die(exc)
             died.append(replica.idx)

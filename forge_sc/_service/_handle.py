@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, NoReturn, Protocol
 
 from .._batching import Batcher, merge_one, split_one
@@ -14,8 +14,21 @@ from ._context import CURRENT_SESSIONS
 __all__ = ["Dispatcher", "ServiceEndpoint"]
 
 
+class RouteObserver(Protocol):
+    """Wraps each routed request (``forge_sc.observe.otel`` installs one)."""
+
+    def route(
+        self, spec: EndpointSpec, coro: Coroutine[Any, Any, Any], sess_id: str | None
+    ) -> Coroutine[Any, Any, Any]: ...
+
+
 class Dispatcher(Protocol):
     """What an endpoint handle needs from its service (the service is one)."""
+
+    @property
+    def _sessions(self) -> Mapping[str, object]:
+        """The open sessions, by id."""
+        ...
 
     async def _request(
         self,
@@ -42,13 +55,16 @@ class ServiceEndpoint:
     """One endpoint of a service. ``route`` sends to one replica chosen by the
     endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
 
-    __slots__ = ("_batcher", "_spec", "_svc", "router")
+    __slots__ = ("_batcher", "_obs", "_spec", "_svc", "router")
 
     def __init__(self, svc: Dispatcher, spec: EndpointSpec) -> None:
         self._svc = svc
         self._spec = spec
         self.router: Router = spec.router()
         self._batcher: Batcher | None = None
+        #: The per-request observer (tracing, latency histogram), when one was
+        #: turned on before the service opened (forge_sc.observe.otel); else None.
+        self._obs: RouteObserver | None = None
 
     def _bind(self, batcher: Batcher) -> None:
         """Give a batched endpoint its batcher (made when the service starts)."""
@@ -85,9 +101,28 @@ class ServiceEndpoint:
                 batcher = self._batcher
                 if batcher is None:
                     raise RuntimeError(f"{spec.name}: the service was never started")
-                return batcher.submit(args, kwargs)
-            return _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
-        return svc._request(spec, self.router, args, kwargs, sess_id)
+                coro = batcher.submit(args, kwargs)
+            else:
+                coro = _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
+        else:
+            coro = svc._request(spec, self.router, args, kwargs, sess_id)
+        if self._obs is not None:  # tracing or the latency histogram is on: one check
+            return self._obs.route(spec, coro, sess_id)
+        return coro
+
+    async def __call__(self, sess_id: str | None, *args: Any, **kwargs: Any) -> Any:
+        """TorchForge's older call form, ``await svc.ep(session_id, *args)``: the same
+        as ``svc.ep.route(*args, sess_id=session_id)``. ``sess_id`` must be a session
+        of this service that is open (from ``start_session()``), or None."""
+        if sess_id is not None and (
+            not isinstance(sess_id, str) or sess_id not in self._svc._sessions
+        ):
+            raise TypeError(
+                f"{self._spec.name}(sess_id, *args): {sess_id!r} is not an open session of "
+                "this service. The first argument is a session id from start_session() "
+                f"(or None); to pass arguments alone, call {self._spec.name}.route(*args)."
+            )
+        return await self.route(*args, sess_id=sess_id, **kwargs)
 
     async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
         """Run the endpoint on every replica healthy now, concurrently; return the

@@ -20,6 +20,7 @@ from .._replica import Incarnation, Replica, supervise
 from .._waiters import Waiter
 from ..errors import NoHealthyReplicasError, ServiceClosedError, ServiceFailedError
 from ..mesh._protocol import MeshReplica, SpawnSpec
+from ..observe import _events
 from ._admission import Admission
 from ._state import HEALTHY
 
@@ -65,6 +66,7 @@ class Lifecycle(Admission):
             if not self._start_pending and all(r._state is HEALTHY for r in self._replicas):
                 self._starting = False
                 self._started.set()
+                _events.service_started(self, len(self._replicas), clock() - self._t0)
 
     def _replica_died(self, replica: Replica) -> None:
         self._dirty = True
@@ -80,6 +82,7 @@ class Lifecycle(Admission):
         escalate = self._starting or all(r._exhausted for r in self._replicas)
         if escalate:
             self._failed = True
+            _events.service_escalated(self, budget, cause)
             # The body is cancelled before anyone wakes, so the body's own requests
             # end by that cancellation (see _escalated), not by NoHealthyReplicasError.
             if not self._starting and self._body_scope is not None:
@@ -143,8 +146,9 @@ class Lifecycle(Admission):
             r._drain()
             self._dirty = True
             r._waiters.wake_all()
+        drained = False  # cancelled callers leave it undrained, as a timeout would
         try:
-            with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+            with anyio.move_on_after(self._config.graceful_shutdown_timeout) as drain:
                 for r in victims:
                     while r.active_requests and not r._done.is_set():
                         waiter = Waiter()
@@ -153,10 +157,12 @@ class Lifecycle(Admission):
                             await waiter.event.wait()
                         finally:
                             r._waiters.discard(waiter)
+            drained = not drain.cancelled_caught
         finally:
             # Also when the caller is cancelled: a replica marked for removal is
             # always stopped and removed, never left draining in the pool.
             with anyio.CancelScope(shield=True):
+                _events.replicas_drained(self, [r.idx for r in victims], not drained)
                 for r in victims:
                     r._stop()
                 for r in victims:
@@ -194,6 +200,7 @@ class Lifecycle(Admission):
             self._forced = True
             self._wake_everyone()
             self._closed.set()
+            _events.service_stopped(self)
 
     async def _wait_started(self) -> None:
         await self._started.wait()
@@ -207,8 +214,11 @@ class Lifecycle(Admission):
         self._closing = True
         try:
             if self._inflight:
-                with anyio.move_on_after(self._config.graceful_shutdown_timeout):
+                timeout = self._config.graceful_shutdown_timeout
+                _events.service_closing(self, self._inflight, timeout)
+                with anyio.move_on_after(timeout):
                     await self._drained.wait()
+                _events.service_drained(self, self._inflight)
         finally:
             # However the drain ended (also if it raised), the service stops.
             self._forced = True

@@ -15,8 +15,13 @@ import anyio
 from .._metrics import Recorder, clock
 from .._routing import Router
 from .._spec import EndpointSpec
-from ..errors import ReplicaDiedError, ServiceClosedError, ServiceError
-from ..mesh._protocol import ReplicaGone
+from ..errors import (
+    ReplicaDiedError,
+    RequestKilledReplicaError,
+    ServiceClosedError,
+    ServiceError,
+)
+from ..mesh._protocol import CallKilledReplica, ReplicaGone
 from ._admission import Admission, SessionEnded
 from ._state import get_ident
 
@@ -79,6 +84,11 @@ class Requests(Admission):
                 except ReplicaGone as exc:
                     self._release(replica, inc)
                     inc.die(exc)
+                    if isinstance(exc, CallKilledReplica):  # never re-send a poison request
+                        raise RequestKilledReplicaError(
+                            f"{spec.name}: this request killed replica {replica.idx}, so it "
+                            f"was not re-sent; the replica is restarted. {exc.args[0]}"
+                        ) from exc
                     if self._closing:
                         raise ServiceClosedError(
                             f"{spec.name}: the service closed while the request was running"

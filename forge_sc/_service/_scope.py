@@ -18,6 +18,7 @@ import anyio.abc
 import sniffio
 
 from ..errors import ServiceFailedError
+from ..observe import _registry
 from ._service import Service
 
 __all__ = ["ServiceScope", "single_exception"]
@@ -71,6 +72,7 @@ class ServiceScope:
         await tg.__aenter__()
         self._svc._body_scope = tg.cancel_scope
         try:
+            _registry.opened(self._svc)  # exporters see it from now on (forge_sc.observe)
             await tg.start(self._svc._run)
             await self._svc._wait_started()
         except BaseException as exc:
@@ -119,6 +121,8 @@ class ServiceScope:
             if single is exc:
                 return False  # the body's own exception, re-raised as it was
             raise single from single.__cause__
+        finally:
+            _registry.closed(self._svc)
         if close_error is not None:
             raise close_error
         return suppressed

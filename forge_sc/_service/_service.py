@@ -30,6 +30,7 @@ from .._spec import EndpointSpec
 from .._stats import ServiceMetrics
 from .._waiters import WaitQueue
 from ..mesh._protocol import Mesh
+from ..observe import _events
 from ._autoscaler import autoscale
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
 from ._context import BlockSession
@@ -253,6 +254,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
                         await self._wait_healthy_after(r, None)
                 else:
                     await self._retire(self._replicas[target:])
+                _events.service_scaled(self, current, target)
 
     async def shutdown(self) -> None:
         """Close the service: no new requests, in-flight ones finish (up to

@@ -13,21 +13,25 @@ from typing import TYPE_CHECKING, Any
 
 from ._gpu import GpuPool as GpuPool
 from ._gpu import NotEnoughGpusError as NotEnoughGpusError
+from ._protocol import CallKilledReplica as CallKilledReplica
 from ._protocol import Mesh as Mesh
 from ._protocol import MeshReplica as MeshReplica
 from ._protocol import ReplicaGone as ReplicaGone
+from ._protocol import ReplicaStartError as ReplicaStartError
 from ._protocol import SpawnSpec as SpawnSpec
 
 if TYPE_CHECKING:
     from .monarch import MonarchMesh as MonarchMesh
 
 __all__ = [
+    "CallKilledReplica",
     "GpuPool",
     "Mesh",
     "MeshReplica",
     "MonarchMesh",
     "NotEnoughGpusError",
     "ReplicaGone",
+    "ReplicaStartError",
     "SpawnSpec",
 ]
 

@@ -11,7 +11,10 @@ Contract every backend keeps (the core relies on each point):
   replica is dead or stopped. After the replica dies or ``stop()`` is called, every
   in-flight ``call`` raises ``ReplicaGone`` promptly: this is how the core interrupts
   the calls registered with a dying incarnation, without paying for a cancel scope
-  per request.
+  per request. When the backend knows that this very call killed the replica (its
+  endpoint let out an exception that ends the actor: a ``BaseException`` that is not
+  an ``Exception``), ``call`` raises :class:`CallKilledReplica` instead, a
+  ``ReplicaGone`` the core must not re-send (it would kill the next replica too).
 * If the caller is cancelled during ``call`` and the backend cannot abort the remote
   work (``detaches_on_cancel``), the call is abandoned: the backend invokes the
   ``on_abandoned_settled`` callback of the :class:`SpawnSpec`, on the event loop
@@ -21,8 +24,9 @@ Contract every backend keeps (the core relies on each point):
   core bounds it with ``health_timeout``.
 * ``wait_dead`` returns (with the reason) as soon as the backend learns that the
   replica died; it never returns for a healthy replica.
-* ``stop`` is idempotent, safe to call on a half-built or dead replica, and is called
-  by the core inside a shielded scope.
+* ``stop`` is idempotent, safe to call on a half-built or dead replica, bounded in
+  time (a process that cannot answer is killed), and is called by the core inside a
+  shielded scope.
 """
 
 from __future__ import annotations
@@ -33,13 +37,37 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Mesh", "MeshReplica", "ReplicaGone", "SpawnSpec"]
+__all__ = [
+    "CallKilledReplica",
+    "Mesh",
+    "MeshReplica",
+    "ReplicaGone",
+    "ReplicaStartError",
+    "SpawnSpec",
+]
 
 
 class ReplicaGone(Exception):
     """Raised by a backend's ``call`` or ``ping`` when the replica's process is dead,
     unreachable, or stopped. Internal to forge_sc: the core turns it into a retry, a
     migration, or a :class:`~forge_sc.errors.ReplicaDiedError`."""
+
+
+class CallKilledReplica(ReplicaGone):
+    """Raised by ``call`` instead of :class:`ReplicaGone` when the backend's account of
+    the death shows that this call itself killed the replica: its endpoint let out an
+    exception that ends the actor (on Monarch, a ``BaseException`` that is not an
+    ``Exception`` raised by a plain endpoint, or anything raised by an endpoint with an
+    explicit response port). The message says what was raised. The core does not
+    re-send such a call: it raises
+    :class:`~forge_sc.errors.RequestKilledReplicaError` to the caller, and the replica
+    is restarted as after any death."""
+
+
+class ReplicaStartError(RuntimeError):
+    """A replica's processes or actor could not be started. The message says why: on
+    Monarch it carries Monarch's report (the constructor's traceback, the import
+    error, or how the process exited)."""
 
 
 def _noop() -> None:

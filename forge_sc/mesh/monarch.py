@@ -9,7 +9,9 @@ mesh with a dead process.
 * Readiness: ``spawn`` returns after the actor's ``__init__`` ran on every rank. The
   actor's mailbox is serial, so the answer to a call of ``object.__sizeof__`` (an
   attribute every actor has, cheap, harmless, callable on sync and async actors alike)
-  comes only after ``__init__``. No endpoint is added to the user's class.
+  comes only after ``__init__``. No endpoint is added to the user's class. If the
+  actor has a ``setup`` endpoint, it is then called on every rank, and ``spawn``
+  returns after it; its exception fails the spawn (as the constructor's would).
 * Import path: the children get the parent's ``sys.path`` (minus the interpreter's own
   directories) as ``PYTHONPATH``, so an actor class from a test folder or a script's
   folder imports there too.
@@ -30,14 +32,34 @@ mesh with a dead process.
   covers an actor that died while its process lives on.
 * Cancellation: a cancelled caller abandons the remote call (Monarch cannot abort it);
   the spec's ``on_abandoned_settled`` runs when it resolves (see :mod:`._bridge`).
+* A call that kills its replica: an endpoint that lets out what ends the actor (see
+  :mod:`._kinds`) gets Monarch's report of it to every call in flight. The report's
+  traceback names the endpoint's function; calls of endpoints that hold the mailbox
+  run one at a time in the order they were sent, so the oldest such call in flight
+  (abandoned ones included, until they resolve) is the one that raised. That call
+  raises :class:`~forge_sc.mesh.CallKilledReplica` (with several processes per
+  replica, whose ranks may be at different calls, every call of that endpoint in
+  flight does); the others raise ``ReplicaGone``.
+* Stop is bounded: Monarch's stop waits ~20 s for a process that cannot answer (a
+  SIGSTOPped one); after :data:`STOP_GRACE` (at once for a stopped process) the
+  replica's processes are killed (SIGKILL through their pidfds), and Monarch's stop
+  returns then.
+* Imports in the children: Monarch builds each actor of a process on a thread of its
+  own, and two threads importing forge_sc at once can deadlock in Python's import
+  locks (``_DeadlockError``). So the health actor (whose class is forge_sc's) is
+  built first, alone, and the user's actor (whose module imports forge_sc) only once
+  the health actor answered.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 import os
+import re
 import secrets
+import signal
 import site
 import sys
 import sysconfig
@@ -51,20 +73,16 @@ from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionErr
 from monarch._src.actor.actor_mesh import MethodSpecifier
 from monarch.actor import Actor, ActorError, default_bootstrap_cmd, endpoint, this_host
 
+from .._spec import SETUP_ENDPOINT, setup_endpoint
 from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
-from ._protocol import ReplicaGone, SpawnSpec
+from ._kinds import EndpointInfo, endpoint_kinds
+from ._protocol import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
 
 __all__ = ["MonarchMesh", "MonarchReplica", "ReplicaStartError", "child_import_path"]
 
 log = logging.getLogger(__name__)
-
-
-class ReplicaStartError(RuntimeError):
-    """A replica's processes or actor could not be started. The message carries
-    Monarch's report: the constructor's traceback, the import error, or how the
-    process exited."""
 
 
 class _Health(Actor):  # type: ignore[misc]
@@ -103,6 +121,100 @@ def _exit_status(pid: int, fd: int) -> str | None:
 #: How long stopping a replica whose death its pidfd saw first (without an exit
 #: status) waits for Monarch's report of it, which says how the process ended.
 REPORT_GRACE = 1.0
+
+#: How long ``stop()`` lets Monarch stop a replica's processes before killing them.
+#: A healthy 1-2 process mesh stops in ~0.5 s; one that cannot answer (SIGSTOPped,
+#: stuck in native code) would hold Monarch's stop ~20 s.
+STOP_GRACE = 2.0
+
+
+def _stopped_by_signal(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, SIGTSTP): it can answer nothing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split(" ", 1)[0] == "T"
+
+
+#: Set in the environment of every process of a replica (its mesh name), so that the
+#: processes of a replica still starting, whose pids it has not learnt, can be found.
+_TAG = "FORGE_SC_REPLICA"
+
+
+def _tagged_children(name: str) -> list[int]:
+    """This process's children whose environment carries ``_TAG=name`` (Linux)."""
+    me = str(os.getpid())
+    tag = f"{_TAG}={name}".encode()
+    found: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            if stat[stat.rindex(")") + 2 :].split(" ", 2)[1] != me:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if tag in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+_FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
+#: Monarch's frames that run an endpoint's body (``actor_mesh.py``).
+_DISPATCH = frozenset({"handle", "handle_sync"})
+
+
+def _killing_endpoint(report: str, kinds: dict[str, EndpointInfo]) -> EndpointInfo | None:
+    """The endpoint whose body let out what ended the actor, if Monarch's ``report``
+    shows one: its traceback runs through Monarch's dispatch into the body of an
+    endpoint that holds the mailbox (only those end the actor by raising)."""
+    frames = [(os.path.basename(path), name) for path, name in _FRAME.findall(report)]
+    start = next(
+        (
+            i
+            for i, (file, name) in enumerate(frames)
+            if file == "actor_mesh.py" and name in _DISPATCH
+        ),
+        None,
+    )
+    if start is None:
+        return None
+    by_place = {info.where: info for info in kinds.values() if info.holds_mailbox}
+    for frame in frames[start + 1 :]:
+        info = by_place.get(frame)
+        if info is not None:
+            return info
+    return None
+
+
+_kinds_cache: dict[type[Any], dict[str, EndpointInfo]] = {}
+
+
+def _kinds_of(actor_cls: type[Any]) -> dict[str, EndpointInfo]:
+    kinds = _kinds_cache.get(actor_cls)
+    if kinds is None:
+        kinds = _kinds_cache[actor_cls] = dict(endpoint_kinds(actor_cls))
+    return kinds
+
+
+_TextFile = io.TextIOWrapper
+
+
+def _file_argument(endpoint: str, where: str, f: Any) -> TypeError:
+    return TypeError(
+        f"{endpoint}: {where} is an open text file ({getattr(f, 'name', f)!r}); a file "
+        "cannot travel to the replica's process (Monarch would send a copy of what is "
+        "left of its contents, as a StringIO). Pass its path, or its contents (f.read())."
+    )
 
 
 def child_import_path() -> list[str]:
@@ -164,14 +276,19 @@ class MonarchReplica:
 
     __slots__ = (
         "_actor",
+        "_blamed",
+        "_culprits",
         "_dead",
         "_death",
         "_first",
         "_gpus",
         "_group",
         "_health",
+        "_held",
         "_job",
+        "_kinds",
         "_label",
+        "_mailbox",
         "_name",
         "_on_abandoned",
         "_on_stopped",
@@ -180,11 +297,13 @@ class MonarchReplica:
         "_post",
         "_procs",
         "_reported",
+        "_seq",
         "_single",
         "_spec",
         "_stop_done",
         "_stopping",
         "_watching",
+        "_why",
     )
 
     def __init__(
@@ -217,6 +336,16 @@ class MonarchReplica:
         self._watching = False
         # Set when the death is known with how it happened (Monarch's report).
         self._reported = anyio.Event()
+        # Calls in flight of endpoints that hold the mailbox, in the order sent
+        # (token -> endpoint); abandoned ones stay until their remote work resolves.
+        self._kinds = _kinds_of(spec.actor_cls)
+        self._held = frozenset(n for n, i in self._kinds.items() if i.holds_mailbox)
+        self._mailbox: dict[int, str] = {}
+        self._seq = 0
+        # The calls that killed the replica, once Monarch's report said so.
+        self._blamed = False
+        self._culprits: frozenset[int] = frozenset()
+        self._why = ""
 
     def __repr__(self) -> str:
         return f"<MonarchReplica {self._label} mesh={self._name}>"
@@ -247,23 +376,28 @@ class MonarchReplica:
             self._gpus = await anyio.to_thread.run_sync(
                 self._pool.acquire, spec.procs * hosts, self._label
             )
-        env = _child_env(self._gpus)
+        env = {**_child_env(self._gpus), _TAG: self._name}
         _faults.register(self._name, self._on_failure)
         _faults.register(self._name + "_health", self._on_failure)
         # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
         await anyio.to_thread.run_sync(partial(self._build, env, hosts))
-        # The health actor first, the user's actor once it answered: each actor
-        # unpickles its class on a thread of its own, and two of them importing
-        # forge_sc at once in a fresh process deadlock on the import locks
-        # (_DeadlockError). The health actor's class imports all of forge_sc.
+        # The health actor first, alone: building it imports forge_sc in each process.
+        # Only then the user's actor, whose module imports forge_sc too: two threads
+        # importing forge_sc at once can deadlock in Python's import locks.
         pids: Any = await wait(self._health.pid.call(), self._group)
         for pid in pids.values():
             fd = _open_pidfd(pid)
             if fd is not None:
                 self._pidfds[pid] = fd
-        spec = self._spec
-        self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
+        await anyio.to_thread.run_sync(self._spawn_actor)
         await wait(_ready_endpoint(self._actor).call(), self._group)
+        if setup_endpoint(self._spec.actor_cls) is not None:
+            # The actor's setup() on every rank, before the replica takes traffic;
+            # if it raises, the spawn fails with the user's own exception.
+            try:
+                await wait(getattr(self._actor, SETUP_ENDPOINT).call(), self._group)
+            except ActorError as exc:
+                raise _user_exception(exc) from None
 
     def _build(self, env: dict[str, str], hosts: int) -> None:
         spec = self._spec
@@ -279,6 +413,10 @@ class MonarchReplica:
         self._procs = host_mesh.spawn_procs(per_host={"procs": spec.procs}, bootstrap_command=cmd)
         self._health = self._procs.spawn(self._name + "_health", _Health)
 
+    def _spawn_actor(self) -> None:
+        spec = self._spec
+        self._actor = self._procs.spawn(self._name, spec.actor_cls, *spec.args, **spec.kwargs)
+
     # ------------------------------------------------------------ protocol
 
     async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -286,19 +424,71 @@ class MonarchReplica:
         of all ranks' results when ``return_first_rank_result`` is false."""
         if self._group.closed:
             raise self._gone()
+        for i, arg in enumerate(args):
+            if type(arg) is _TextFile:
+                raise _file_argument(endpoint, f"argument {i}", arg)
+        if kwargs:
+            for key, arg in kwargs.items():
+                if type(arg) is _TextFile:
+                    raise _file_argument(endpoint, f"argument {key!r}", arg)
         ep = getattr(self._actor, endpoint)
         fut = ep.call_one(*args, **kwargs) if self._single else ep.call(*args, **kwargs)
+        token = 0
+        on_abandoned = self._on_abandoned
+        if endpoint in self._held:
+            self._seq = token = self._seq + 1
+            self._mailbox[token] = endpoint
+            on_abandoned = partial(self._abandoned_settled, token)
         try:
-            value: Any = await wait(fut, self._group, self._on_abandoned)
+            value: Any = await wait(fut, self._group, on_abandoned)
         except ActorError as exc:
             raise _user_exception(exc) from None
         except SupervisionError as exc:
+            self._blame(str(exc))
+            if token in self._culprits:
+                raise self._culprit_error() from exc
             raise self._gone(exc) from exc
+        except ReplicaGone:
+            if token in self._culprits:
+                raise self._culprit_error()  # noqa: B904 - its cause is the death
+            raise
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                token = 0  # abandoned: it holds the mailbox until it resolves
+            raise
+        finally:
+            if token:
+                del self._mailbox[token]
         if self._single:
             return value if self._first else [value]
         if self._first:
             return value.get(0)
         return list(value.values())
+
+    def _abandoned_settled(self, token: int) -> None:
+        self._mailbox.pop(token, None)
+        self._on_abandoned()
+
+    def _blame(self, report: str) -> None:
+        """Once, at the first account of the death: the calls that caused it, if
+        Monarch's ``report`` shows an endpoint's body ended the actor."""
+        if self._blamed or self._stopping:
+            return
+        self._blamed = True
+        info = _killing_endpoint(report, self._kinds)
+        if info is None:
+            return
+        mine = [token for token, name in self._mailbox.items() if name == info.name]
+        if mine:
+            # One process runs them in the order sent: the oldest is the one that
+            # raised. Several processes may each be at a different one of them.
+            self._culprits = frozenset(mine[:1] if self._single else mine)
+            self._why = info.killed(_summary(report))
+
+    def _culprit_error(self) -> CallKilledReplica:
+        err = CallKilledReplica(self._why)
+        err.__cause__ = self._death
+        return err
 
     async def ping(self) -> None:
         """Ask the health actor on every process; ``ReplicaGone`` if one is dead."""
@@ -352,7 +542,10 @@ class MonarchReplica:
                         await self._reported.wait()
                 self._group.close(partial(ReplicaGone, f"{self._label} was stopped"))
                 if self._procs is not None:
-                    err = await anyio.to_thread.run_sync(get_quietly, self._procs.stop())
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._kill_after, STOP_GRACE)
+                        err = await anyio.to_thread.run_sync(get_quietly, self._procs.stop())
+                        tg.cancel_scope.cancel()
                     if err is not None:
                         log.debug("forge_sc: stopping %s: %r", self._label, err)
                 if self._job is not None:
@@ -367,6 +560,36 @@ class MonarchReplica:
                 self._pool.release(self._gpus)
                 self._on_stopped(self)
                 done.set()
+
+    async def _kill_after(self, grace: float) -> None:
+        """Kill the replica's processes if Monarch has not stopped them within
+        ``grace`` seconds (at once if one is stopped by a signal: it cannot answer).
+        A replica still starting has not told its pids: its processes are found by
+        the tag in their environment."""
+        pids = set(self._pidfds) or set(_tagged_children(self._name))
+        if not any(_stopped_by_signal(pid) for pid in pids):
+            await anyio.sleep(grace)
+        fds = dict(self._pidfds)
+        opened: list[int] = []
+        try:
+            if not fds:
+                for pid in _tagged_children(self._name):
+                    fd = _open_pidfd(pid)
+                    if fd is not None:
+                        opened.append(fd)
+                        fds[pid] = fd
+                # A pid read before its pidfd was opened may have been reused since.
+                still = set(_tagged_children(self._name))
+                fds = {pid: fd for pid, fd in fds.items() if pid in still}
+            for pid, fd in fds.items():
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except (AttributeError, OSError):  # gone already, or no pidfd support
+                    continue
+                log.info("forge_sc: killed process %d of %s (it did not stop)", pid, self._label)
+        finally:
+            for fd in opened:
+                os.close(fd)
 
     # ------------------------------------------------------------ death
 
@@ -397,6 +620,7 @@ class MonarchReplica:
         self._death = ReplicaGone(text)
         if reported:
             self._reported.set()
+            self._blame(report)
         self._group.close(partial(ReplicaGone, str(self._death)))
         self._dead.set()
 

@@ -17,7 +17,14 @@ waits, as on a hung one, until the replica is stopped.
 Everything waits through anyio, so the mesh works under trio's
 ``MockClock(autojump_threshold=0)``. Faults are injected by replica index and hit
 the current incarnation (``crash``, ``hang``) or every later one (``slow``,
-``fail_spawns``).
+``fail_spawns``); injected from another thread, they run on the service's loop.
+
+Every endpoint kind Monarch accepts runs as Monarch runs it (the table in
+:mod:`forge_sc.mesh._kinds`): plain ``def`` and ``async def`` endpoints, concurrent
+ones (the user's method, unwrapped), explicit-port ones (with a port that answers the
+call), generators (``TypeError``, as Monarch cannot send them). An endpoint that lets
+out what ends the actor on Monarch (a ``BaseException`` that is not an ``Exception``)
+kills the incarnation here too, and that call raises ``CallKilledReplica``.
 """
 
 from __future__ import annotations
@@ -25,17 +32,25 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import threading
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import CoroutineType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import outcome
 import sniffio
 import trio
 
-from .._spec import collect_endpoints
-from ..mesh import ReplicaGone, SpawnSpec
+from .._spec import collect_endpoints, setup_endpoint
+from ..mesh import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
+from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds
+
+T = TypeVar("T")
 
 __all__ = ["FakeMesh", "InjectedSpawnFailure"]
 
@@ -67,6 +82,112 @@ def _interrupts(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and exc.subgroup(_Interrupted) is not None
 
 
+class _Fatal(BaseException):
+    """What an explicit-port endpoint raised (anything it raises ends the actor)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+def _ends_the_actor(exc: BaseException, cancelled: type[BaseException]) -> bool:
+    """Whether ``exc``, let out by an endpoint, ends the actor as it does on Monarch:
+    a ``BaseException`` that is not an ``Exception``, unless it is (or carries) a
+    cancellation of the caller or an interruption by this mesh."""
+    if isinstance(exc, Exception | cancelled | _Interrupted):
+        return False
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup((cancelled, _Interrupted)) is None
+    return True
+
+
+class _FakePort:
+    """Monarch's response port, as an explicit-port endpoint sees it: the first
+    ``send(value)`` or ``exception(exc)`` answers the call; until then it waits."""
+
+    __slots__ = ("_answer", "_answered")
+
+    def __init__(self) -> None:
+        self._answered = anyio.Event()
+        self._answer: outcome.Outcome[Any] | None = None
+
+    def send(self, value: Any) -> None:
+        if self._answer is None:
+            self._answer = outcome.Value(value)
+            self._answered.set()
+
+    def exception(self, exc: BaseException) -> None:
+        if self._answer is None:
+            self._answer = outcome.Error(exc)
+            self._answered.set()
+
+    async def answer(self) -> Any:
+        await self._answered.wait()
+        assert self._answer is not None
+        return self._answer.unwrap()
+
+
+def _port_endpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(actor: Any, *args: Any, **kwargs: Any) -> Any:
+        port = _FakePort()
+        try:
+            result = fn(actor, port, *args, **kwargs)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # it was not sent through the port: it ends the actor
+            raise _Fatal(exc) from exc
+        return await port.answer()
+
+    return call
+
+
+def _generator_endpoint(info: EndpointInfo) -> Callable[..., Any]:
+    what = "async_generator" if inspect.isasyncgenfunction(info.fn) else "generator"
+
+    def call(actor: Any, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            f"cannot pickle {what!r} object: endpoint {info.name!r} is a generator "
+            "function, and Monarch cannot send a generator back to the caller (it "
+            "raises this TypeError at every call); return a list instead"
+        )
+
+    return call
+
+
+def _runner(info: EndpointInfo) -> Callable[..., Any]:
+    """What FakeMesh calls for an endpoint, ``(actor, *args, **kwargs)``: the user's
+    method, or an adapter that runs it as Monarch does (see ``forge_sc.mesh._kinds``)."""
+    if info.kind is Kind.GENERATOR:
+        return _generator_endpoint(info)
+    if info.explicit_port:
+        return _port_endpoint(info.fn)
+    return info.fn
+
+
+class _Table:
+    """One actor class's endpoints as FakeMesh runs them (computed once per class)."""
+
+    def __init__(self, actor_cls: type[Any]) -> None:
+        self.error: ValueError | None = None
+        try:
+            check_actor_kind(actor_cls)  # Monarch refuses to spawn such a class
+        except ValueError as exc:
+            self.error = exc
+        kinds = endpoint_kinds(actor_cls)
+        self.fns: dict[str, Callable[..., Any]] = {}
+        self.infos: dict[str, EndpointInfo] = {}
+        for name, spec in collect_endpoints(actor_cls).items():
+            info = kinds.get(name)
+            if info is None:  # not a Monarch endpoint property: call it as it is
+                info = EndpointInfo(
+                    name=name, kind=Kind.ASYNC, fn=spec.fn, explicit_port=False, where=("", name)
+                )
+            self.fns[name] = _runner(info)
+            self.infos[name] = info
+        #: Endpoints whose body's BaseExceptions go to the caller (the actor lives).
+        self.forwards = frozenset(n for n, i in self.infos.items() if i.forwards_everything)
+
+
 class _Deliver(trio.abc.Instrument):
     """Interrupts trio tasks that were runnable when their replica died, as soon as
     each next waits. Installed only while such tasks exist."""
@@ -91,18 +212,20 @@ class FakeReplica:
 
     detaches_on_cancel = False
 
-    def __init__(self, mesh: FakeMesh, spec: SpawnSpec, ranks: list[Any]) -> None:
+    def __init__(self, mesh: FakeMesh, spec: SpawnSpec, ranks: list[Any], table: _Table) -> None:
         self._mesh = mesh
         self._idx = spec.idx
         self._ranks = ranks
         self._first_only = spec.return_first_rank_result
         self._fast = True  # alive, not slowed, one rank: the hot path applies
-        self._fns: dict[str, Callable[..., Any]] = {
-            name: s.fn for name, s in collect_endpoints(spec.actor_cls).items()
-        }
+        self._fns = table.fns
+        self._table = table
         self._actor = ranks[0]
         self._multi = len(ranks) > 1
         self._asyncio = sniffio.current_async_library() == "asyncio"
+        self._cancelled: type[BaseException] = (
+            asyncio.CancelledError if self._asyncio else trio.Cancelled
+        )
         self.call = self._call_asyncio if self._asyncio else self._call_trio  # type: ignore[method-assign]
         self._tasks: set[Any] = set()  # tasks running a call here (hot path)
         self._interrupted: set[Any] = set()  # asyncio tasks this replica cancelled
@@ -122,7 +245,14 @@ class FakeReplica:
     ) -> Any:
         if not self._fast:
             return await self._call_slow_path(endpoint, args, kwargs)
-        result = self._fns[endpoint](self._actor, *args, **kwargs)
+        try:
+            result = self._fns[endpoint](self._actor, *args, **kwargs)
+        except Exception:
+            raise
+        except BaseException as exc:  # a plain def endpoint raised it
+            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+                raise
+            return await self._killed(endpoint, exc)
         if type(result) is not CoroutineType:
             return result if self._first_only else [result]
         task = asyncio.current_task()
@@ -140,6 +270,13 @@ class FakeReplica:
                 tasks.discard(task)
                 return await self._after_interrupt()
             raise
+        except Exception:
+            raise
+        except BaseException as exc:
+            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+                raise
+            tasks.discard(task)
+            return await self._killed(endpoint, exc)
         finally:
             tasks.discard(task)
         if self._life is not _Life.ALIVE:  # died while this call ran: no answer
@@ -153,12 +290,18 @@ class FakeReplica:
         tasks = self._tasks
         tasks.add(task)
         try:
-            value = await self._fns[endpoint](self._actor, *args, **kwargs)
+            value = self._fns[endpoint](self._actor, *args, **kwargs)
+            if type(value) is CoroutineType:  # a plain def endpoint returns its value
+                value = await value
+        except Exception:
+            raise
         except BaseException as exc:
-            if not _interrupts(exc):
-                raise
             tasks.discard(task)
-            return await self._after_interrupt()
+            if _interrupts(exc):
+                return await self._after_interrupt()
+            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+                raise
+            return await self._killed(endpoint, exc)
         finally:
             tasks.discard(task)
         if self._life is not _Life.ALIVE:  # died while this call ran: no answer
@@ -177,6 +320,19 @@ class FakeReplica:
             finally:
                 self._scopes.discard(scope)
         return await self._after_interrupt()
+
+    async def _killed(self, endpoint: str, exc: BaseException) -> NoReturn:
+        """The endpoint let out ``exc``, which ends the actor (as on Monarch): this
+        incarnation dies as a dead process would, and this call, unlike the others
+        running here, learns that it was the cause."""
+        cause = exc.exc if isinstance(exc, _Fatal) else exc
+        if self._life is not _Life.ALIVE:  # it was dead already: no answer
+            await self._after_interrupt()
+        # Worded as Monarch's report ends: the exception's last traceback line.
+        what = traceback.format_exception_only(cause)[-1].strip()
+        why = self._table.infos[endpoint].killed(what)
+        self._end(_Life.CRASHED, ReplicaGone(f"replica {self._idx} died. {why}"))
+        raise CallKilledReplica(why) from cause
 
     async def _after_interrupt(self) -> Any:
         if self._life is _Life.HUNG:
@@ -199,7 +355,14 @@ class FakeReplica:
             if self._life is not _Life.ALIVE:
                 return await self._after_interrupt()
         fn = self._fns[endpoint]
-        values = [await self._run(fn, rank, args, kwargs) for rank in self._ranks]
+        try:
+            values = [await self._run(fn, rank, args, kwargs) for rank in self._ranks]
+        except Exception:
+            raise
+        except BaseException as exc:
+            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+                raise
+            return await self._killed(endpoint, exc)
         if self._life is not _Life.ALIVE:
             return await self._after_interrupt()
         return values[0] if self._first_only else values
@@ -231,7 +394,7 @@ class FakeReplica:
             self._life is _Life.ALIVE and not self._multi and self._idx not in self._mesh._slow
         )
 
-    def _end(self, life: _Life) -> None:
+    def _end(self, life: _Life, reason: ReplicaGone | None = None) -> None:
         self._life = life
         self._fast = False
         for scope in list(self._scopes):
@@ -239,7 +402,7 @@ class FakeReplica:
         if self._tasks:
             self._interrupt_calls()
         if life is _Life.CRASHED:
-            self._reason = ReplicaGone(f"replica {self._idx} crashed (injected)")
+            self._reason = reason or ReplicaGone(f"replica {self._idx} crashed (injected)")
             self._dead.set()
         if life is _Life.STOPPED:
             self._stopped.set()
@@ -255,7 +418,10 @@ class FakeReplica:
                     self._interrupted.add(task)
                     task.cancel("forge_sc.testing: replica died")
             return
-        current = trio.lowlevel.current_task()
+        try:
+            current = trio.lowlevel.current_task()
+        except RuntimeError:  # a fault injected from another thread, run in trio's context
+            current = None
         deliver = self._mesh._deliver
         for task in list(self._tasks):
             if task is current:
@@ -289,6 +455,11 @@ class FakeMesh:
         self._slow: dict[int, float] = {}
         self._deliver = _Deliver()
         self._in_use = False
+        self._tables: dict[type[Any], _Table] = {}
+        # The event loop (and its thread) of the service this mesh serves: faults
+        # injected from another thread run there.
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._thread: int | None = None
 
     def __repr__(self) -> str:
         return f"FakeMesh(seed={self.seed!r})"
@@ -298,12 +469,21 @@ class FakeMesh:
         if self._in_use:
             raise RuntimeError("this FakeMesh already serves a service; make one per service")
         self._in_use = True
+        self._token = anyio.lowlevel.current_token()
+        self._thread = threading.get_ident()
         try:
             yield
         finally:
             self._in_use = False
+            self._token = self._thread = None
             for replica in self._current.values():
                 replica._end(_Life.STOPPED)
+
+    def _table(self, actor_cls: type[Any]) -> _Table:
+        table = self._tables.get(actor_cls)
+        if table is None:
+            table = self._tables[actor_cls] = _Table(actor_cls)
+        return table
 
     async def spawn(self, spec: SpawnSpec) -> FakeReplica:
         idx = spec.idx
@@ -316,12 +496,44 @@ class FakeMesh:
         if left:
             self._fail[idx] = left - 1
             raise InjectedSpawnFailure(f"spawn of replica {idx} failed (injected by fail_spawns)")
-        ranks = [spec.actor_cls(*spec.args, **spec.kwargs) for _ in range(spec.procs)]
-        replica = FakeReplica(self, spec, ranks)
+        table = self._table(spec.actor_cls)
+        if table.error is not None:  # as Monarch refuses it, before anything starts
+            raise ValueError(*table.error.args)
+        try:
+            ranks = [spec.actor_cls(*spec.args, **spec.kwargs) for _ in range(spec.procs)]
+        except Exception:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                raise
+            # On Monarch such a constructor ends the actor: the spawn fails.
+            what = traceback.format_exception_only(exc)[-1].strip()
+            raise ReplicaStartError(
+                f"replica {idx} ({spec.actor_cls.__name__}) failed to start: its "
+                f"constructor raised {what}, a BaseException that is not an Exception"
+            ) from exc
+        setup = setup_endpoint(spec.actor_cls)
+        if setup is not None:  # once per incarnation, before it takes traffic
+            for rank in ranks:
+                result = setup(rank)
+                if inspect.isawaitable(result):
+                    await result
+        replica = FakeReplica(self, spec, ranks, table)
         self._current[idx] = replica
         return replica
 
     # ---------------------------------------------------------------- faults
+
+    def _on_loop(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the thread of the service's event loop (the fault API may be
+        called from another thread, e.g. where ``as_service()`` was awaited)."""
+        token = self._token
+        if token is None or threading.get_ident() == self._thread:
+            return fn()
+        try:
+            return anyio.from_thread.run_sync(fn, token=token)
+        except anyio.RunFinishedError:  # the service's loop has ended meanwhile
+            return fn()
 
     def _live(self, idx: int) -> FakeReplica:
         replica = self._current.get(idx)
@@ -331,36 +543,53 @@ class FakeMesh:
 
     def crash(self, idx: int) -> None:
         """The current incarnation of replica ``idx`` dies: in-flight and later calls
-        fail as on a dead process, pings fail, and the death is reported at once."""
+        fail as on a dead process, pings fail, and the death is reported at once.
+        Callable from any thread."""
         replica = self._live(idx)
-        if replica._life is _Life.ALIVE or replica._life is _Life.HUNG:
-            replica._end(_Life.CRASHED)
+
+        def crash() -> None:
+            if replica._life is _Life.ALIVE or replica._life is _Life.HUNG:
+                replica._end(_Life.CRASHED)
+
+        self._on_loop(crash)
 
     def hang(self, idx: int) -> None:
         """The current incarnation stops answering: calls and pings never return
-        (until the service gives up on it and stops it)."""
+        (until the service gives up on it and stops it). Callable from any thread."""
         replica = self._live(idx)
-        if replica._life is _Life.ALIVE:
-            replica._end(_Life.HUNG)
+
+        def hang() -> None:
+            if replica._life is _Life.ALIVE:
+                replica._end(_Life.HUNG)
+
+        self._on_loop(hang)
 
     def slow(self, idx: int, seconds: float) -> None:
         """Every call to replica ``idx`` (this and later incarnations) first waits
-        ``seconds``; ``slow(idx, 0)`` ends it."""
+        ``seconds``; ``slow(idx, 0)`` ends it. Callable from any thread."""
         if seconds < 0:
             raise ValueError(f"slow() needs seconds >= 0, got {seconds}")
-        if seconds:
-            self._slow[idx] = seconds
-        else:
-            self._slow.pop(idx, None)
-        replica = self._current.get(idx)
-        if replica is not None:
-            replica.refresh()
+
+        def slow() -> None:
+            if seconds:
+                self._slow[idx] = seconds
+            else:
+                self._slow.pop(idx, None)
+            replica = self._current.get(idx)
+            if replica is not None:
+                replica.refresh()
+
+        self._on_loop(slow)
 
     def fail_spawns(self, idx: int, count: int) -> None:
-        """The next ``count`` spawns of replica ``idx`` fail."""
+        """The next ``count`` spawns of replica ``idx`` fail. Callable from any thread."""
         if count < 0:
             raise ValueError(f"fail_spawns() needs count >= 0, got {count}")
-        self._fail[idx] = count
+
+        def fail_spawns() -> None:
+            self._fail[idx] = count
+
+        self._on_loop(fail_spawns)
 
     def spawn_count(self, idx: int) -> int:
         """How many times replica ``idx`` was spawned (failed spawns included)."""

@@ -12,7 +12,6 @@ import pytest
 
 from forge_sc import open_service
 from forge_sc.errors import ServiceClosedError, ServiceFailedError
-from forge_sc.mesh._bridge import wait
 from forge_sc.mesh.monarch import MonarchMesh, ReplicaStartError
 
 from ..conftest import wait_for
@@ -109,7 +108,7 @@ async def test_as_service_start_failure_leaves_nothing() -> None:
 async def test_as_actor_and_shutdown() -> None:
     actor = await Worker.options(procs=2).as_actor(7)
     try:
-        values = await wait(actor.value.call())  # Monarch futures; the bridge on trio
+        values = await actor.value.call()  # awaitable on asyncio and trio
         assert list(values.values()) == [7, 7]
     finally:
         await Worker.shutdown(actor)

@@ -1,0 +1,64 @@
+"""Monarch's private APIs that forge_sc relies on (torchmonarch 0.7.0).
+
+Each one is used for a reason Monarch's public API does not cover:
+
+* ``SupervisionError``: the exception a call to a dead process raises; Monarch exports
+  it only from its native bindings. It tells a replica's death from the endpoint's own
+  exception (``monarch.actor.ActorError``).
+* ``PythonTask``: runs a coroutine on Monarch's own runtime; the trio bridge uses it to
+  await Monarch futures without an asyncio loop (see ``forge_sc.mesh._bridge``).
+* ``supervision``: the module whose ``unhandled_fault_hook`` is Monarch's default
+  (which exits the process); the fault hook forge_sc installs chains to whatever was
+  installed before, and must recognise that default to replace it.
+* ``ready_endpoint``: a call of ``object.__sizeof__`` on an actor mesh, whose answer can
+  only follow ``__init__`` (the actor's mailbox is serial): readiness without adding an
+  endpoint to the user's class.
+* ``endpoint_method`` / ``endpoint_options``: what a Monarch endpoint descriptor wraps
+  (the function, and the options to rebuild an endpoint like it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from monarch._rust_bindings.monarch_hyperactor.pytokio import PythonTask as PythonTask
+from monarch._rust_bindings.monarch_hyperactor.supervision import (
+    SupervisionError as SupervisionError,
+)
+from monarch._src.actor import supervision as supervision
+from monarch._src.actor.actor_mesh import MethodSpecifier
+
+__all__ = [
+    "PythonTask",
+    "SupervisionError",
+    "endpoint_method",
+    "endpoint_options",
+    "ready_endpoint",
+    "supervision",
+]
+
+
+def ready_endpoint(actor_mesh: Any) -> Any:
+    """An endpoint of ``actor_mesh`` whose reply can only follow ``__init__``."""
+    return actor_mesh._endpoint(
+        MethodSpecifier.ReturnsResponse("__sizeof__"), object.__sizeof__, None
+    )
+
+
+def endpoint_method(value: object) -> Callable[..., Any] | None:
+    """The function a Monarch endpoint descriptor wraps, or None if ``value`` is not
+    one (``monarch.actor.endpoint`` returns such a descriptor)."""
+    method = getattr(value, "_method", None)
+    if method is None or not hasattr(value, "_propagator"):
+        return None
+    return method  # type: ignore[no-any-return]
+
+
+def endpoint_options(value: object) -> dict[str, Any]:
+    """The keyword options of ``monarch.actor.endpoint`` that built ``value``."""
+    return {
+        "propagate": getattr(value, "_propagator"),  # noqa: B009
+        "explicit_response_port": getattr(value, "_explicit_response_port", False),
+        "instrument": getattr(value, "_instrument", True),
+    }

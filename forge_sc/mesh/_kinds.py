@@ -1,0 +1,140 @@
+"""The kind of each endpoint of an actor class, as Monarch runs it.
+
+Both backends need to know it: FakeMesh to run each kind as Monarch does (its own
+contract is to agree with Monarch), MonarchMesh to tell which call killed a replica.
+Measured on torchmonarch 0.7.0 (``tests/adversarial/test_mesh_kinds.py`` and
+``tests/monarch/test_monarch_adversarial.py`` check every row on both backends):
+
+==============  ===========================================  ==============================
+kind            what the caller gets                         what ends the actor
+==============  ===========================================  ==============================
+``ASYNC``       the result, or the endpoint's ``Exception``  a ``BaseException`` that is
+                                                             not an ``Exception``
+``SYNC``        the same (an actor whose endpoints are all   the same
+                plain ``def``; mixing raises at spawn)
+``CONCURRENT``  the result, or whatever the body raised,     nothing the body raises
+                ``BaseException`` included
+``PORT``        what the body sent with ``port.send(v)`` or  anything the body raises
+                ``port.exception(e)`` (the first one);
+                never answers if it sent nothing
+``GENERATOR``   ``TypeError`` (a generator cannot be         nothing (the body never runs)
+                pickled back); the actor lives
+==============  ===========================================  ==============================
+
+Calls of the kinds that hold the mailbox (all but ``CONCURRENT``) run one at a time per
+process, in the order they were sent. This module is the one place that reads
+Monarch's endpoint internals (``EndpointProperty._method``,
+``_explicit_response_port``, the concurrent-endpoint marker, ``_actor_kind``).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from monarch._src.actor.actor_mesh import _actor_kind
+from monarch._src.actor.endpoint import EndpointProperty
+
+__all__ = ["EndpointInfo", "Kind", "check_actor_kind", "endpoint_kinds"]
+
+#: The attribute Monarch sets on the wrapper of a ``concurrent_endpoint``.
+CONCURRENT_MARKER = "_monarch_concurrent_endpoint_wrapper"
+
+
+class Kind(enum.Enum):
+    ASYNC = "async"
+    SYNC = "sync"
+    CONCURRENT = "concurrent"
+    PORT = "port"
+    GENERATOR = "generator"
+
+
+@attrs.frozen
+class EndpointInfo:
+    """One endpoint: its kind, the user's own function, and where that function is
+    (the file's base name and the function's name, as a traceback shows them)."""
+
+    name: str
+    kind: Kind
+    #: The user's method, ``(self, *args)`` (``(self, port, *args)`` for ``PORT``).
+    fn: Callable[..., Any]
+    #: Also ``True`` for a concurrent endpoint with an explicit port.
+    explicit_port: bool
+    where: tuple[str, str]
+
+    @property
+    def holds_mailbox(self) -> bool:
+        """Whether its calls run one at a time per process, in the order sent."""
+        return self.kind is not Kind.CONCURRENT
+
+    @property
+    def forwards_everything(self) -> bool:
+        """Whether whatever its body raises goes to the caller, ``BaseException``
+        included, and the actor lives (a concurrent endpoint without an explicit port)."""
+        return self.kind is Kind.CONCURRENT and not self.explicit_port
+
+    def killed(self, what: str) -> str:
+        """Why a call of this endpoint killed its replica (``what`` it raised), and
+        what to do instead: the message of :class:`~forge_sc.mesh.CallKilledReplica`."""
+        if self.explicit_port:
+            return (
+                f"Its endpoint {self.name!r} (explicit response port) raised {what}; "
+                "anything such an endpoint raises ends the actor on Monarch. Answer the "
+                "caller with port.exception(e) instead."
+            )
+        return (
+            f"Its endpoint {self.name!r} raised {what}, a BaseException that is not an "
+            "Exception, which ends the actor on Monarch. Raise an Exception subclass "
+            "instead: it reaches the caller and the replica lives."
+        )
+
+
+def _endpoint_properties(actor_cls: type[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for klass in reversed(actor_cls.__mro__):
+        for attr_name, value in vars(klass).items():
+            if isinstance(value, EndpointProperty):
+                found[attr_name] = value
+            else:
+                found.pop(attr_name, None)
+    return found
+
+
+def _info(name: str, prop: Any) -> EndpointInfo:
+    method = prop._method
+    explicit = bool(getattr(prop, "_explicit_response_port", False))
+    if getattr(method, CONCURRENT_MARKER, False):
+        user = inspect.unwrap(method)
+        # The wrapper always takes a port; it added one unless the user's method has it.
+        explicit = len(inspect.signature(method).parameters) == len(
+            inspect.signature(user).parameters
+        )
+        kind = Kind.CONCURRENT
+    else:
+        user = method
+        if inspect.isgeneratorfunction(user) or inspect.isasyncgenfunction(user):
+            kind = Kind.GENERATOR
+        elif explicit:
+            kind = Kind.PORT
+        elif inspect.iscoroutinefunction(user):
+            kind = Kind.ASYNC
+        else:
+            kind = Kind.SYNC
+    code = getattr(inspect.unwrap(user), "__code__", None)
+    where = ("", name) if code is None else (os.path.basename(code.co_filename), code.co_name)
+    return EndpointInfo(name=name, kind=kind, fn=user, explicit_port=explicit, where=where)
+
+
+def endpoint_kinds(actor_cls: type[Any]) -> Mapping[str, EndpointInfo]:
+    """Every Monarch endpoint of ``actor_cls`` (its own and inherited), by name."""
+    return {name: _info(name, prop) for name, prop in _endpoint_properties(actor_cls).items()}
+
+
+def check_actor_kind(actor_cls: type[Any]) -> None:
+    """Raise Monarch's own ``ValueError`` for a class Monarch refuses to spawn (sync
+    and async endpoints mixed, a hook of the other kind)."""
+    _actor_kind(actor_cls)
