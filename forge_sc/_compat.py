@@ -247,6 +247,7 @@ class _ServiceHost:
         self._stack = contextlib.ExitStack()
         self._lock = threading.Lock()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.portal: anyio.from_thread.BlockingPortal | None = None
 
     def start(
@@ -256,11 +257,12 @@ class _ServiceHost:
         try:
             portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal("asyncio"))
             self.portal = portal
+            self._loop = portal.call(asyncio.get_running_loop)
             # Built inside the portal: the service's primitives belong to its loop.
             scope = portal.call(partial(open_service, configured, *args, **kwargs))
             svc: Service = self._stack.enter_context(portal.wrap_async_context_manager(scope))
         except BaseException:
-            self._stack.close()
+            self._end()
             raise
         _live_hosts.add(self)
         return svc
@@ -272,7 +274,16 @@ class _ServiceHost:
                 return
             self._closed = True
         _live_hosts.discard(self)
+        self._end()
+
+    def _end(self) -> None:
+        """Stop the portal (which joins its thread), then join the worker threads its
+        loop ran blocking calls in: anyio tells them to stop when that loop ends but
+        does not wait for them, and a shut-down service leaves no thread behind."""
         self._stack.close()
+        for t in threading.enumerate():
+            if self._loop is not None and getattr(t, "loop", None) is self._loop:
+                t.join(timeout=10.0)
 
     def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> ConcurrentFuture[T]:
         portal = self.portal
