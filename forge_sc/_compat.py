@@ -249,6 +249,7 @@ class _ServiceHost:
         self._lock = threading.Lock()
         self._closed = False
         self._finished = False  # the host's loop has ended: nothing changes the service
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.portal: anyio.from_thread.BlockingPortal | None = None
 
     def start(
@@ -258,11 +259,12 @@ class _ServiceHost:
         try:
             portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal("asyncio"))
             self.portal = portal
+            self._loop = portal.call(asyncio.get_running_loop)
             # Built inside the portal: the service's primitives belong to its loop.
             scope = portal.call(partial(open_service, configured, *args, **kwargs))
             svc: Service = self._stack.enter_context(portal.wrap_async_context_manager(scope))
         except BaseException:
-            self._stack.close()
+            self._end()
             raise
         _live_hosts.add(self)
         return svc
@@ -275,9 +277,18 @@ class _ServiceHost:
             self._closed = True
         _live_hosts.discard(self)
         try:
-            self._stack.close()
+            self._end()
         finally:
             self._finished = True
+
+    def _end(self) -> None:
+        """Stop the portal (which joins its thread), then join the worker threads its
+        loop ran blocking calls in: anyio tells them to stop when that loop ends but
+        does not wait for them, and a shut-down service leaves no thread behind."""
+        self._stack.close()
+        for t in threading.enumerate():
+            if self._loop is not None and getattr(t, "loop", None) is self._loop:
+                t.join(timeout=10.0)
 
     def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> ConcurrentFuture[T]:
         portal = self.portal

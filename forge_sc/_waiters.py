@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import deque
 
 import anyio
@@ -10,15 +11,21 @@ import anyio
 __all__ = ["WaitQueue", "Waiter"]
 
 
+_tickets = itertools.count()
+
+
 class Waiter:
     """One waiting request. ``woken`` is set when it was handed a wake-up, so that a
-    waiter cancelled after its wake-up can pass it on instead of losing it."""
+    waiter cancelled after its wake-up can pass it on instead of losing it.
+    ``ticket`` orders waiters by arrival: a waiter that was woken but could not
+    proceed queues again with its old ticket, in its old place."""
 
-    __slots__ = ("event", "woken")
+    __slots__ = ("event", "ticket", "woken")
 
-    def __init__(self) -> None:
+    def __init__(self, ticket: int | None = None) -> None:
         self.event = anyio.Event()
         self.woken = False
+        self.ticket = next(_tickets) if ticket is None else ticket
 
     def wake(self) -> None:
         self.woken = True
@@ -33,10 +40,17 @@ class WaitQueue(deque[Waiter]):
     __slots__ = ()
 
     def push(self, waiter: Waiter, *, front: bool = False) -> None:
-        if front:
-            self.appendleft(waiter)
-        else:
+        """Queue ``waiter`` at the back, or (``front``: one queueing again) before
+        every waiter that arrived after it."""
+        if not front:
             self.append(waiter)
+            return
+        ticket = waiter.ticket
+        for i, other in enumerate(self):
+            if other.ticket > ticket:
+                self.insert(i, waiter)
+                return
+        self.append(waiter)
 
     def discard(self, waiter: Waiter) -> None:
         with contextlib.suppress(ValueError):  # already popped by a wake-up

@@ -3,8 +3,9 @@
 Every request carries a request id (``rid``). The actor writes each execution into a
 :class:`Ledger` shared by every incarnation of every replica of one service (FakeMesh
 builds actors in-process, so a constructor argument is shared, not copied): which
-incarnation (``token``) started and finished which rid. Tokens are never reused, so a
-token names one incarnation of one replica for the whole run.
+incarnation (``token``) started and finished which rid, in what order, and how long
+each execution ran (until it returned or was interrupted). Tokens are never reused, so
+a token names one incarnation of one replica for the whole run.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Ledger:
         self.incarnations: dict[int, list[int]] = {}  # replica index -> tokens, in order
         self.starts: dict[str, list[int]] = {}  # rid -> tokens that started it, in order
         self.finishes: dict[str, list[int]] = {}  # rid -> tokens that finished it
+        self.order: list[tuple[str, int]] = []  # (rid, token) of every start, in order
+        self.ran: dict[str, float] = {}  # rid -> seconds its executions took, together
+        self.gates: dict[str, anyio.Event] = {}  # rid -> what Worker.held waits for
 
     def new_token(self) -> int:
         self._next += 1
@@ -52,6 +56,10 @@ class Ledger:
 
     def start(self, rid: str, token: int) -> None:
         self.starts.setdefault(rid, []).append(token)
+        self.order.append((rid, token))
+
+    def span(self, rid: str, seconds: float) -> None:
+        self.ran[rid] = self.ran.get(rid, 0.0) + seconds
 
     def finish(self, rid: str, token: int) -> None:
         self.finishes.setdefault(rid, []).append(token)
@@ -68,18 +76,38 @@ class Worker(ForgeActor):
     @endpoint
     async def work(self, rid: str, delay: float = 0.0, fail: bool = False) -> tuple[int, str]:
         self.ledger.start(rid, self.token)
-        if delay:
-            await anyio.sleep(delay)
+        t0 = anyio.current_time()
+        try:
+            if delay:
+                await anyio.sleep(delay)
+        finally:
+            self.ledger.span(rid, anyio.current_time() - t0)
         self.ledger.finish(rid, self.token)
         if fail:
             raise UserError(rid)
         return self.token, rid
 
+    @endpoint
+    async def held(self, rid: str) -> tuple[int, str]:
+        """Runs until the test sets ``ledger.gates[rid]`` (it holds a slot till then)."""
+        self.ledger.start(rid, self.token)
+        t0 = anyio.current_time()
+        try:
+            await self.ledger.gates[rid].wait()
+        finally:
+            self.ledger.span(rid, anyio.current_time() - t0)
+        self.ledger.finish(rid, self.token)
+        return self.token, rid
+
     @service_endpoint(idempotent=False)
     async def once(self, rid: str, delay: float = 0.0) -> tuple[int, str]:
         self.ledger.start(rid, self.token)
-        if delay:
-            await anyio.sleep(delay)
+        t0 = anyio.current_time()
+        try:
+            if delay:
+                await anyio.sleep(delay)
+        finally:
+            self.ledger.span(rid, anyio.current_time() - t0)
         self.ledger.finish(rid, self.token)
         return self.token, rid
 
@@ -88,8 +116,12 @@ class Worker(ForgeActor):
         """The ``n``-th call of session ``sid`` on this incarnation (no await after the
         increment, so an interrupted call never counts)."""
         self.ledger.start(rid, self.token)
-        if delay:
-            await anyio.sleep(delay)
+        t0 = anyio.current_time()
+        try:
+            if delay:
+                await anyio.sleep(delay)
+        finally:
+            self.ledger.span(rid, anyio.current_time() - t0)
         n = self.per_session.get(sid, 0) + 1
         self.per_session[sid] = n
         self.ledger.finish(rid, self.token)
@@ -99,9 +131,14 @@ class Worker(ForgeActor):
     async def batched(self, rid: list[str], delay: list[float]) -> list[tuple[int, str]]:
         for r in rid:
             self.ledger.start(r, self.token)
+        t0 = anyio.current_time()
         longest = max(delay)
-        if longest:
-            await anyio.sleep(longest)
+        try:
+            if longest:
+                await anyio.sleep(longest)
+        finally:
+            for r in rid:
+                self.ledger.span(r, anyio.current_time() - t0)
         for r in rid:
             self.ledger.finish(r, self.token)
         return [(self.token, r) for r in rid]

@@ -19,14 +19,23 @@ Checked as each request ends (``judge``):
 * it was executed more than once only if every earlier execution was on an incarnation
   that died (retried after a death), and an ``idempotent=False`` request at most once;
 * a session's results come from one live incarnation at a time (affinity), and its
-  per-session counter on that incarnation counts up without repeats.
+  per-session counter on that incarnation counts up without repeats;
+* its waits for a replica, added up over every send (its time less the time its
+  executions ran, as the ledger measured them), stay within ``request_timeout`` plus
+  what noticing each death takes (``WAIT_BOUND``).
 
 Checked after every step (``l_check``): metrics agree with the model (successful and
 failed counts within what is in flight, ``total == successful + failed``, monotonic
 counters, restarts equal to spawn attempts after the first, no more deaths than
 injected kills, retries and session migrations at least what the ledger shows, active
-sessions and scaling events as issued). At quiescence (``drain``) the bounds close:
-no active or queued requests left, counts exact but for cancelled callers.
+sessions and scaling events as issued, every replica's ``assigned_sessions`` equal to
+the open sessions whose last execution ran there, give or take the sessions with a
+request in flight). At quiescence (``drain``) the bounds close: no active or queued
+requests left, counts exact but for cancelled callers.
+
+The rule ``queue_in_order`` (``a_queue_in_order``) fills every slot of A, queues
+requests one by one and frees the slots: the queued requests must start in the order
+they queued (waiters of equal standing are served first come, first served).
 At teardown: every request ended, nothing left running in the event loop.
 """
 
@@ -70,6 +79,16 @@ CALL_BOUND = 5.0
 MAX_BACKGROUND = 12
 #: Spawning takes this long on the FakeMesh (so a respawn is never instantaneous).
 SPAWN_DELAY = 0.01
+#: The longest a request may wait for replicas, all its sends together:
+#: ``request_timeout``, plus, per send, what noticing a death may take (a hung
+#: replica: ``health_timeout`` and a poll period; a slowed one: its delay), plus
+#: scheduling margin. Below CALL_BOUND, so a request that waited past
+#: ``request_timeout`` and was then served is caught.
+WAIT_BOUND = (
+    CONFIG["request_timeout"]
+    + CONFIG["max_attempts"] * (CONFIG["health_timeout"] + 2 * CONFIG["health_poll_rate"] + 0.05)
+    + 0.25
+)
 
 BATCH_TIMEOUT = 0.005  # Worker.batched's
 
@@ -93,6 +112,8 @@ class Call:
     targets: frozenset[int] = frozenset()
     ended: int = 0
     outcome: str = ""  # ok | error | hung | cancelled
+    began: float = 0.0  # when the request was issued, ended: when it ended
+    finished: float = 0.0
     value: Any = None
     error: BaseException | None = None
 
@@ -301,6 +322,7 @@ class Harness:
         self.calls.append(call)
         self.kind_of[call.rid] = call.kind
         self.inflight.add(call)
+        call.began = anyio.current_time()
         try:
             with anyio.move_on_after(CALL_BOUND) as bound:
                 try:
@@ -315,6 +337,7 @@ class Harness:
             self.inflight.discard(call)
 
     def ended(self, call: Call, outcome: str, *, value: Any = None, error: Any = None) -> None:
+        call.finished = anyio.current_time()
         call.ended += 1
         if call.ended > 1:
             self.violate(f"{call.kind} {call.rid} ended twice ({call.outcome}, then {outcome})")
@@ -331,6 +354,16 @@ class Harness:
             self.violate(f"{where} did not end within {CALL_BOUND}s (hung)")
             m.slack += 1
             return
+        if c.kind not in FANOUT_KINDS:
+            ran = led.ran.get(c.rid, 0.0)
+            waited = c.finished - c.began - ran
+            if waited > WAIT_BOUND:
+                self.violate(
+                    f"{where} waited {waited:.2f}s for replicas over its sends (it took "
+                    f"{c.finished - c.began:.2f}s, its executions {ran:.2f}s): more than "
+                    f"request_timeout={CONFIG['request_timeout']}s allows ({WAIT_BOUND:.2f}s "
+                    "with death detection)"
+                )
         if c.outcome == "error":
             e = c.error
             m.failed += 1
@@ -908,6 +941,7 @@ class Harness:
             )
         if s.active_sessions != m.sessions:
             bad(f"{name}: active_sessions {s.active_sessions}, model {m.sessions}")
+        self._check_session_counts(name, svc)
         if s.scaling_events != m.scaling_events:
             bad(f"{name}: scaling_events {s.scaling_events}, model {m.scaling_events}")
         if s.total_replicas != m.replicas:
@@ -955,6 +989,97 @@ class Harness:
                 f"{name}: retries {s.retries}, session_migrations {s.session_migrations} "
                 "although no replica was killed or removed"
             )
+
+    def _check_session_counts(self, name: str, svc: Service) -> None:
+        """Every replica's ``assigned_sessions`` is the number of open sessions whose
+        last execution ran there (a session is assigned before its request runs, and
+        moves only for a request that then runs), give or take the open sessions with
+        a request in flight (their assignment may be changing)."""
+        led = self.ledger[name]
+        sid_of = {c.rid: c.sid for c in self.calls if c.sid is not None and c.svc == name}
+        last: dict[str, int] = {}
+        for rid, token in led.order:
+            sid = sid_of.get(rid)
+            if sid is not None:
+                last[sid] = token
+        busy = {c.sid for c in self.inflight if c.sid is not None and c.svc == name}
+        expected: dict[int, int] = {}
+        unsure = 0
+        for sid, sess in self.sessions.items():
+            if sess.svc != name or not sess.open:
+                continue
+            if sid in busy:
+                unsure += 1
+            elif sid in last:
+                idx = led.idx_of[last[sid]]
+                expected[idx] = expected.get(idx, 0) + 1
+        for r in svc.replicas:
+            want = expected.get(r.idx, 0)
+            if not want <= r.assigned_sessions <= want + unsure:
+                self.violate(
+                    f"{name}: replica {r.idx} has assigned_sessions {r.assigned_sessions}, "
+                    f"but {want} open session(s) last ran there (+{unsure} with requests "
+                    "in flight): a session count leaked or went missing"
+                )
+
+    async def a_queue_in_order(self, k: int) -> None:
+        """Fill every slot of A with held requests, queue ``k`` more (held too) one at
+        a time, then free one slot at a time, each only once the previous one was
+        taken: the queued requests must start in the order they queued (they all wait
+        for the same thing, any free slot: waiters of equal standing)."""
+        if not await wait_until(lambda: not self.inflight, CALL_BOUND + 1):
+            self.violate("background requests did not finish")
+            return
+        if not self._all_fresh():
+            return
+        led = self.ledger["A"]
+        cap = CONFIG["replica_max_concurrent_requests"]
+
+        def hold(prefix: str) -> str:
+            rid = self.rid(prefix)
+            led.gates[rid] = anyio.Event()
+            self.launch(Call("held", "A", rid), lambda: self.A.held.route(rid))
+            return rid
+
+        holders: list[str] = []
+        queued: list[str] = []
+        try:
+            for _ in range(len(self.A.replicas) * cap):
+                holders.append(hold("h"))
+                if not await wait_until(lambda: holders[-1] in led.starts, 1.0):
+                    return  # a replica went away meanwhile: no fixed scenario
+            for n in range(1, k + 1):
+                queued.append(hold("f"))
+                if not await wait_until(
+                    lambda n=n: self.A.statistics().queue_depth == n,  # type: ignore[misc]
+                    1.0,
+                ):
+                    self.violate(f"request {queued[-1]} did not queue behind full replicas")
+                    return
+            order: list[str] = []  # the queued requests, in the order they started
+
+            def one_more_started() -> bool:
+                return any(r in led.starts and r not in order for r in queued)
+
+            free = list(holders)  # requests holding a slot, to be freed one by one
+            while len(order) < len(queued) and free and self._all_fresh():
+                led.gates[free.pop(0)].set()
+                if not await wait_until(one_more_started, 1.0):
+                    self.violate("a slot was freed but no queued request took it")
+                    return
+                new = [r for r in queued if r in led.starts and r not in order]
+                order += new
+                free += new  # it holds its slot now; freed after those before it
+            if self._all_fresh() and order != queued:
+                self.violate(
+                    f"requests queued in the order {queued} started in the order {order} "
+                    "(the queue is not first come, first served)"
+                )
+        finally:
+            for rid in [*holders, *queued]:
+                led.gates[rid].set()
+            if not await wait_until(lambda: not self.inflight, CALL_BOUND + 1):
+                self.violate("held requests did not finish")
 
     async def a_drain(self) -> None:
         """Wait for every background request, then check the quiescent invariants."""

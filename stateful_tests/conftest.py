@@ -1,4 +1,4 @@
-"""Hypothesis profiles for the stateful suite.
+"""Hypothesis profiles for the stateful suite, and its time bound.
 
 Select one with ``FORGE_SC_HYPOTHESIS_PROFILE`` (default ``ci``):
 
@@ -7,12 +7,17 @@ Select one with ``FORGE_SC_HYPOTHESIS_PROFILE`` (default ``ci``):
 * ``deep``: long runs (see README.md).
 * ``bugcheck``: used by ``scripts/bugs/run_bug_check.py``: no shrinking, stop at the
   first failure, examples drawn from a fixed seed so that runs are comparable.
+
+Every request of the machine is bounded by the harness itself (``CALL_BOUND``); a test
+as a whole is bounded by pytest-timeout, with more time than the default (pyproject.toml)
+because one test runs a whole profile: ``TIMEOUTS`` by profile.
 """
 
 from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 _COMMON = dict(
@@ -32,4 +37,16 @@ settings.register_profile(
     report_multiple_bugs=False,
     **_COMMON,
 )
-settings.load_profile(os.environ.get("FORGE_SC_HYPOTHESIS_PROFILE", "ci"))
+PROFILE = os.environ.get("FORGE_SC_HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+
+#: Real-time bound of one state-machine test (one backend, a whole profile), seconds.
+TIMEOUTS = {"ci": 900.0, "bugcheck": 900.0, "deep": 4 * 3600.0}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    bound = TIMEOUTS.get(PROFILE, TIMEOUTS["deep"])
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.timeout(bound), append=False)

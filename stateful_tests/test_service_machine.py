@@ -101,6 +101,10 @@ class ServiceMachine(RuleBasedStateMachine):
     def cancel_batched_caller(self) -> None:
         self.call(self.harness.a_cancel_batched)
 
+    @rule(k=st.integers(2, 5))
+    def queue_in_order(self, k: int) -> None:
+        self.call(self.harness.a_queue_in_order, k)
+
     @rule()
     def drain(self) -> None:
         self.call(self.harness.a_drain)

@@ -53,9 +53,11 @@ class Admission(ServiceState):
         attempt: Callable[[], Replica | None],
         waited: float,
         target: Replica | None,
+        claims: bool = True,
     ) -> tuple[Replica, float]:
         """Wait in the service queue (or ``target``'s queue) until ``attempt`` yields
-        a replica; bounded by what is left of ``request_timeout``."""
+        a replica (on which the caller takes a slot, if ``claims``); bounded by what is
+        left of ``request_timeout``. Waiters are served in the order they queued."""
         config = self._config
         if self._failed:
             await self._escalated()
@@ -87,10 +89,10 @@ class Admission(ServiceState):
                     replica = attempt()
                     if replica is not None:
                         waiter.woken = False
-                        if self._waiters and self._available:
+                        if self._waiters and self._room_after(replica if claims else None):
                             self._waiters.wake_one()  # more room: pass the baton on
                         return replica, waited + anyio.current_time() - start
-                    waiter = Waiter()
+                    waiter = Waiter(waiter.ticket)  # keeps its place in the queue
                     queue.push(waiter, front=True)
             self._timed_out()
         finally:
@@ -99,6 +101,18 @@ class Admission(ServiceState):
             # Woken but leaving without using the wake-up: pass it on.
             if waiter.woken and not queue.wake_one() and queue is not self._waiters:
                 self._waiters.wake_one()
+
+    def _room_after(self, taken: Replica | None) -> bool:
+        """Whether a slot is still free once ``taken`` got one more request: only
+        then is waking the next waiter of any use (a wake-up it cannot use would let
+        it race the waiter that is owed the next free slot)."""
+        if self._dirty:
+            self._rebuild()
+        for r in self._available:
+            inc = r._inc
+            if inc is not None and (r is not taken or inc.active + 1 < self._cap):
+                return True
+        return False
 
     def _timed_out(self) -> NoReturn:
         timeout = self._config.request_timeout
@@ -158,7 +172,7 @@ class Admission(ServiceState):
                         continue
             healthy = [r for r in self._replicas if r._state is HEALTHY]
             if not healthy:
-                _, waited = await self._wait(self._any_healthy, waited, None)
+                _, waited = await self._wait(self._any_healthy, waited, None, claims=False)
                 continue
             replica = self._session_router.get_replica(healthy, sess_id, self._session_view)
             if replica not in healthy:

@@ -26,7 +26,7 @@ class Fanout(Admission):
         self._check_open()
         targets = [r for r in self._replicas if r._state is HEALTHY]
         if not targets:
-            await self._wait(self._any_healthy, 0.0, None)
+            await self._wait(self._any_healthy, 0.0, None, claims=False)
             targets = [r for r in self._replicas if r._state is HEALTHY]
         results: dict[int, Any] = {}
         errors: dict[int, Exception] = {}

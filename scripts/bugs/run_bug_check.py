@@ -1,20 +1,27 @@
 #!/usr/bin/env python
-"""Prove that the stateful suite bites: plant known bugs in the core, one at a time, and
-show that ``stateful_tests/`` fails on each and passes without them.
+"""Prove that the suites bite: plant known bugs in the core, one at a time, and show
+that the tests fail on each (within a bounded time) and pass without them.
 
 Every run happens in a temporary copy of the repository (the tracked files plus the
 untracked ones git does not ignore); the working tree is never modified. In the copy,
 one bug is planted by exact text substitution (each target must occur exactly once, so a
-drifted source fails loudly instead of silently testing nothing), and the stateful suite
-runs there with ``PYTHONPATH`` pointing at the copy, under the ``bugcheck`` Hypothesis
-profile (fixed seed, no shrinking). Both backends run for every bug.
+drifted source fails loudly instead of silently testing nothing), and the bug's test
+targets run there with ``PYTHONPATH`` pointing at the copy: the stateful suite (under
+the ``bugcheck`` Hypothesis profile: fixed seed, no shrinking) and/or the test files in
+``tests/`` that guard that bug. Both backends run for every bug. Each run is bounded
+(``--timeout``, and a bug's own ``timeout``): a run that hangs is killed and reported as
+NOT caught, for a bug must be caught by a failing test, not by a hang.
 
     python scripts/bugs/run_bug_check.py              # baseline + every bug
     python scripts/bugs/run_bug_check.py --only b d   # some of them
     python scripts/bugs/run_bug_check.py --list
 
-Exit status 0 when the baseline passes on both backends and every bug is caught on at
-least one.
+Exit status 0 when the baseline passes and every bug is caught (a test fails with an
+assertion or a bounded-time failure, on at least one backend).
+
+Adding bugs: append ``Bug(...)`` entries to a block of your own (a list named like
+``ISSUE_15_BUGS``) and add that list to ``BUGS`` at the bottom of the block section.
+Keys are unique; ``targets`` are pytest paths or node ids (default: the stateful suite).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,13 +39,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HANDLE = "forge_sc/_service/_handle.py"
-REQUESTS = "forge_sc/_service/_requests.py"
-ADMISSION = "forge_sc/_service/_admission.py"
-LIFECYCLE = "forge_sc/_service/_lifecycle.py"
+SERVICE = "forge_sc/_service/_service.py"
 STATE = "forge_sc/_service/_state.py"
+ADMISSION = "forge_sc/_service/_admission.py"
+REQUESTS = "forge_sc/_service/_requests.py"
+FANOUT = "forge_sc/_service/_fanout.py"
+LIFECYCLE = "forge_sc/_service/_lifecycle.py"
+HANDLE = "forge_sc/_service/_handle.py"
 BATCHER = "forge_sc/_batching/_batcher.py"
+SUPERVISOR = "forge_sc/_replica/_supervisor.py"
 REPLICA = "forge_sc/_replica/_replica.py"
+WAITERS = "forge_sc/_waiters.py"
+
+STATEFUL = "stateful_tests"
+#: Seconds one run may take (the stateful suite on both backends takes 1-3 min).
+DEFAULT_TIMEOUT = 900.0
 
 
 @dataclass
@@ -46,9 +62,14 @@ class Bug:
     title: str
     #: (file, original text, replacement); each original must occur exactly once
     edits: list[tuple[str, str, str]] = field(default_factory=list)
+    #: what to run: pytest paths or node ids, relative to the repository
+    targets: tuple[str, ...] = (STATEFUL,)
+    #: seconds this bug's run may take (None: --timeout)
+    timeout: float | None = None
 
 
-BUGS = [
+# The first eight: caught by the stateful suite.
+STATEFUL_BUGS = [
     Bug(
         "a",
         "session requests queued on a dead replica are not woken (stranded until it is back)",
@@ -146,11 +167,91 @@ BUGS = [
     ),
 ]
 
-# ------------------------------------------------------------------------------------
+# Issue 15: bugs that the suites used to miss or catch only weakly. Each is caught by
+# a test in tests/ that guards it (on both backends), some by the stateful suite too.
+ISSUE_15_BUGS = [
+    Bug(
+        "i",
+        "the wait queue serves waiters last-in first-out",
+        [
+            (
+                WAITERS,
+                "            self.popleft().wake()\n            return True\n",
+                "            self.pop().wake()\n            return True\n",
+            )
+        ],
+        ("tests/test_fairness.py", STATEFUL),
+    ),
+    Bug(
+        "j",
+        "request_timeout measured per attempt, not over the whole request",
+        [
+            (
+                REQUESTS,
+                "                    self._retries += 1\n                    continue\n",
+                "                    self._retries += 1\n"
+                "                    waited = 0.0\n"
+                "                    continue\n",
+            )
+        ],
+        ("tests/test_request_timeout.py",),
+    ),
+    Bug(
+        "k",
+        "terminate_session does not free the replica's session count",
+        [
+            (
+                SERVICE,
+                "            replica = self._by_idx.get(idx)\n"
+                "            if replica is not None:\n"
+                "                replica._drop_session()\n",
+                "            replica = self._by_idx.get(idx)\n",
+            )
+        ],
+        ("tests/test_session_accounting.py", STATEFUL),
+    ),
+    Bug(
+        "l",
+        "escalation never happens after start-up (only a start-up failure escalates)",
+        [
+            (
+                LIFECYCLE,
+                "        escalate = self._starting or all(r._exhausted for r in self._replicas)\n",
+                "        escalate = self._starting\n",
+            )
+        ],
+        ("tests/test_escalation_bounded.py",),
+    ),
+    Bug(
+        "m",
+        "a session whose replica restarted is not migrated (sticks to the new incarnation)",
+        [
+            (
+                ADMISSION,
+                "                if replica._inc is inc and replica._state is HEALTHY:\n",
+                "                if replica._state is HEALTHY:\n",
+            )
+        ],
+        ("tests/test_session_accounting.py", STATEFUL),
+    ),
+    Bug(
+        "n",
+        "fan-out results in completion order, not replica-index order",
+        [
+            (
+                FANOUT,
+                "        return [results[i] for i in sorted(results)]\n",
+                "        return list(results.values())\n",
+            )
+        ],
+        ("tests/test_fanout_order.py", STATEFUL),
+    ),
+]
+
 # Issue 10, service core: two of the defects it fixed, planted back. Each is caught by a
 # rule of the stateful suite added with the fix (cancel_batched_caller_while_queued,
-# terminate_with_session_requests_queued).
-BUGS += [
+# terminate_with_session_requests_queued) and by its regression test.
+ISSUE_10_BUGS = [
     Bug(
         "orphan",
         "a batch whose callers all left stays queued and later runs for nobody "
@@ -162,6 +263,7 @@ BUGS += [
                 "        if self.live == 0:\n            pass\n",
             )
         ],
+        ("tests/adversarial/test_batches.py", STATEFUL),
     ),
     Bug(
         "revive",
@@ -175,9 +277,11 @@ BUGS += [
                 "",
             )
         ],
+        ("tests/adversarial/test_sessions_bookkeeping.py", STATEFUL),
     ),
 ]
-# ------------------------------------------------------------------------------------
+
+BUGS = [*STATEFUL_BUGS, *ISSUE_15_BUGS, *ISSUE_10_BUGS]
 
 
 def source_files() -> list[str]:
@@ -214,14 +318,22 @@ def plant(copy: Path, bug: Bug) -> None:
 class Result:
     name: str
     title: str
-    rc: int
+    targets: tuple[str, ...]
+    rc: int  # pytest's exit status; -1: killed at the time bound
     seconds: float
-    failed: list[str]
+    failed: list[str]  # node ids of the failing tests
     evidence: str
-    violation: bool  # the failure is an invariant the suite checks (an AssertionError)
+    violation: bool  # the failures are failing tests (assertions, bounded-time failures)
 
 
-def run_suite(copy: Path, name: str, title: str, profile: str, timeout: float) -> Result:
+def _backend(nodeid: str) -> str:
+    low = nodeid.lower()
+    return "trio" if "trio" in low else "asyncio" if "asyncio" in low else "?"
+
+
+def run_suite(
+    copy: Path, name: str, title: str, targets: tuple[str, ...], profile: str, timeout: float
+) -> Result:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(copy)
     env["FORGE_SC_HYPOTHESIS_PROFILE"] = profile
@@ -236,80 +348,110 @@ def run_suite(copy: Path, name: str, title: str, profile: str, timeout: float) -
     ).stdout.strip()
     if not where.startswith(str(copy)):
         raise SystemExit(f"the copy's forge_sc is not the one imported ({where})")
+    log = Path(tempfile.gettempdir()) / f"forge_sc_bugcheck_{name}.log"
+    cmd = [sys.executable, "-m", "pytest", *targets, "-q", "-rf", "-p", "no:cacheprovider"]
     t0 = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "stateful_tests", "-q", "-p", "no:cacheprovider"],
-            cwd=copy,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        rc, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc = -1
-        out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        out += f"\nTIMEOUT after {timeout}s"
+    with open(log, "w+") as out_file:
+        # A session of its own, so that a run past its bound is killed whole.
+        proc = subprocess.Popen(
+            cmd, cwd=copy, env=env, stdout=out_file, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = -1
+        out_file.seek(0)
+        out = out_file.read()
     seconds = time.monotonic() - t0
-    failed = sorted(set(re.findall(r"FAILED \S+::TestServiceOn(\w+)::", out)))
-    m = re.search(r"AssertionError: (.+)", out)
-    violation = m is not None
-    evidence = m.group(1).strip() if m else ("timeout" if rc == -1 else "")
-    if not evidence and rc:
+    if rc == -1:
+        out += f"\nKILLED: the run took longer than its bound of {timeout:.0f}s"
+        with open(log, "a") as f:
+            f.write(out[-200:])
+    failed = sorted(set(re.findall(r"^FAILED (\S+)", out, re.M)))
+    m = re.search(r"AssertionError: (.+)", out) or re.search(r"^E\s+(Failed: .+)$", out, re.M)
+    m = m or re.search(r"^E\s+(assert .+)$", out, re.M)
+    violation = m is not None and rc == 1 and bool(failed)
+    evidence = m.group(1).strip() if m else ""
+    if rc == -1:
+        evidence = f"hung: killed after {timeout:.0f}s"
+    elif not evidence and rc:
         m = re.search(r"^E\s+(\w+(?:Error|Exception)\S*: .+)$", out, re.M)
         evidence = m.group(1).strip() if m else out.strip().splitlines()[-1]
-    log = Path(tempfile.gettempdir()) / f"forge_sc_bugcheck_{name}.log"
-    log.write_text(out)
-    return Result(name, title, rc, seconds, failed, evidence, violation)
+    return Result(name, title, targets, rc, seconds, failed, evidence, violation)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", help="bug keys to run (baseline always runs)")
     parser.add_argument("--profile", default="bugcheck", help="Hypothesis profile")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per run (a bound)"
+    )
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
     args = parser.parse_args()
+    keys = [b.key for b in BUGS]
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"duplicate bug keys: {keys}")
     if args.list:
         for bug in BUGS:
-            print(f"({bug.key}) {bug.title}")
+            print(f"({bug.key}) {bug.title}  [{', '.join(bug.targets)}]")
+        print(f"{len(BUGS)} bugs")
         return 0
     bugs = [b for b in BUGS if not args.only or b.key in args.only]
+    # The baseline runs every target of the bugs selected: each must pass unplanted.
+    baseline_targets = tuple(dict.fromkeys(t for b in bugs for t in b.targets))
     files = source_files()
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="forge_sc_bugcheck_") as tmp:
-        cases: list[tuple[str, str, Bug | None]] = [("baseline", "no bug planted", None)]
-        cases += [(f"bug {b.key}", b.title, b) for b in bugs]
-        for name, title, bug in cases:
+        cases: list[tuple[str, str, Bug | None, tuple[str, ...], float]] = [
+            ("baseline", "no bug planted", None, baseline_targets, args.timeout)
+        ]
+        cases += [(f"bug {b.key}", b.title, b, b.targets, b.timeout or args.timeout) for b in bugs]
+        for name, title, bug, targets, bound in cases:
             copy = Path(tmp) / name.replace(" ", "_")
             make_copy(copy, files)
             if bug is not None:
                 plant(copy, bug)
-            print(f"running {name}: {title} ...", flush=True)
-            r = run_suite(copy, name.replace(" ", "_"), title, args.profile, args.timeout)
+            print(f"running {name}: {title} [{' '.join(targets)}] ...", flush=True)
+            r = run_suite(copy, name.replace(" ", "_"), title, targets, args.profile, bound)
             results.append(r)
-            verdict = "passed" if r.rc == 0 else f"FAILED on {', '.join(r.failed) or '?'}"
+            if r.rc == 0:
+                verdict = "passed"
+            elif r.rc == -1:
+                verdict = "HUNG"
+            else:
+                verdict = f"FAILED {len(r.failed)} test(s)"
             print(f"  {verdict} in {r.seconds:.0f}s {r.evidence[:160]}", flush=True)
+            for nodeid in r.failed[:8]:
+                print(f"    {nodeid}", flush=True)
             shutil.rmtree(copy, ignore_errors=True)
     print()
-    print(f"{'case':<9} {'suite on asyncio / trio':<24} {'time':>6}  first violation reported")
+    print(f"{'case':<9} {'fails on asyncio / trio':<24} {'time':>6}  first violation reported")
     print("-" * 110)
     ok = True
     for r in results:
+        backends = {_backend(n) for n in r.failed}
         per = " / ".join(
-            "FAILS" if b in r.failed else ("passes" if r.rc in (0, 1) else "error")
-            for b in ("Asyncio", "Trio")
+            "FAILS" if b in backends else ("passes" if r.rc in (0, 1) else "hung")
+            for b in ("asyncio", "trio")
         )
         baseline = r.name == "baseline"
-        good = r.rc == 0 if baseline else r.rc == 1 and bool(r.failed) and r.violation
+        good = r.rc == 0 if baseline else r.violation
         ok = ok and good
         mark = "" if good else "   <-- NOT AS EXPECTED"
         print(f"{r.name:<9} {per:<24} {r.seconds:>5.0f}s  {r.evidence[:70]}{mark}")
     print()
     for r in results:
-        print(f"{r.name}: {r.title}")
+        suites = sorted({n.split("::")[0] for n in r.failed})
+        caught = f" (failing: {', '.join(suites)})" if suites and r.name != "baseline" else ""
+        print(f"{r.name}: {r.title}{caught}")
+    n_bugs = sum(r.name != "baseline" for r in results)
+    n_caught = sum(r.violation for r in results if r.name != "baseline")
     print(f"\nfull logs: {tempfile.gettempdir()}/forge_sc_bugcheck_<case>.log")
+    print(f"bugs planted: {n_bugs}, caught: {n_caught}")
     print("RESULT:", "every bug caught, baseline clean" if ok else "NOT AS EXPECTED")
     return 0 if ok else 1
 
