@@ -41,7 +41,6 @@ At teardown: every request ended, nothing left running in the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import itertools
 from collections.abc import Awaitable, Callable
@@ -51,10 +50,10 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 import attrs
-import sniffio
 
 from forge_sc import ReplicaState, Service, open_service
 from forge_sc.errors import ReplicaDiedError, ServiceClosedError, ServiceError
+from forge_sc.testing import running_tasks
 
 from ._actors import Abort, Ledger, LedgerMesh, UserError, Worker
 
@@ -141,24 +140,6 @@ class Session:
     open: bool = True
 
 
-def running_tasks() -> set[Any]:
-    """Every task alive in the current event loop, except the caller's own."""
-    if sniffio.current_async_library() == "asyncio":
-        return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
-    import trio
-
-    me = trio.lowlevel.current_task()
-    out: set[Any] = set()
-
-    def walk(task: Any) -> None:
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                if child is not me:
-                    out.add(child)
-                walk(child)
-
-    walk(trio.lowlevel.current_root_task())
-    return out
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float) -> bool:  # noqa: ASYNC109

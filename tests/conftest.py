@@ -20,7 +20,6 @@ pytest-timeout's to N + ``TIMEOUT_GRACE``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import sys
@@ -30,7 +29,8 @@ from typing import Any
 
 import anyio
 import pytest
-import sniffio
+
+from forge_sc.testing import running_tasks as running_tasks  # re-exported for the tests
 
 #: Seconds an async FakeMesh test may run (the slowest takes about one under load).
 ASYNC_TEST_BOUND = 60.0
@@ -138,21 +138,3 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0, what: str = "
     assert cond(), what
 
 
-def running_tasks() -> set[Any]:
-    """Every task alive in the current event loop, except the caller's own."""
-    if sniffio.current_async_library() == "asyncio":
-        return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
-    import trio
-
-    me = trio.lowlevel.current_task()
-    out: set[Any] = set()
-
-    def walk(task: Any) -> None:
-        for nursery in task.child_nurseries:
-            for child in nursery.child_tasks:
-                if child is not me:
-                    out.add(child)
-                walk(child)
-
-    walk(trio.lowlevel.current_root_task())
-    return out
