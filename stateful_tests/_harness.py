@@ -1,5 +1,6 @@
 """The harness behind the state machines: two services in a blocking portal, a model
-of what every request may end with, and the invariants of DESIGN.md §3 and §6.
+of what every request may end with, and the invariants of the request-semantics
+table (docs/user_guide.md) and the metrics.
 
 Hypothesis drives the machine from the main thread; every service call runs in the
 portal's event loop thread (asyncio or trio). Methods named ``a_*`` are coroutines and
@@ -327,7 +328,8 @@ class Harness:
         self.judge(call)
 
     def judge(self, c: Call) -> None:
-        """Is this ending one that DESIGN.md §3 allows? Update the metrics model."""
+        """Is this ending one that the request-semantics table allows? Update the
+        metrics model."""
         m = self.model[c.svc]
         led = self.ledger[c.svc]
         where = f"{c.svc}.{c.kind}({c.rid})"

@@ -1,4 +1,4 @@
-"""Service-level batching (DESIGN §3, issue 4) on FakeMesh."""
+"""Service-level batching (docs/user_guide.md, "Batching") on FakeMesh."""
 
 from __future__ import annotations
 

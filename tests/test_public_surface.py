@@ -74,7 +74,7 @@ def test_exports_are_listed_and_show_their_public_home(name: str) -> None:
 
 
 def test_the_design_names_are_exported() -> None:
-    # DESIGN.md §1, the contract.
+    # The public API of docs/user_guide.md and docs/api.md.
     for attr in [
         "ForgeActor",
         "endpoint",

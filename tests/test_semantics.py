@@ -1,4 +1,4 @@
-"""DESIGN §3: every row of the request-semantics table, on FakeMesh."""
+"""Every row of the request-semantics table (docs/user_guide.md), on FakeMesh."""
 
 from __future__ import annotations
 

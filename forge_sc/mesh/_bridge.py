@@ -9,8 +9,8 @@ while a wake-up is pending ride along with it, so 200 concurrent calls cost far 
 than 200 wake-ups. The relay runs only forge_sc's bookkeeping, never user code: user
 callbacks (``on_abandoned``) run on the trio thread.
 
-This relay needs no thread of its own. Measured against the candidates listed in
-MONARCH_FACTS.md on the same 2-core machine (1-process actor, echo endpoint, 3 runs):
+This relay needs no thread of its own. Measured against the other candidates
+(docs/backends.md, "The trio bridge") on the same 2-core machine (1-process actor, echo endpoint, 3 runs):
 
 ==========================================  ===================  ===================
 approach                                    sequential p50       200 concurrent
