@@ -2,8 +2,9 @@
 
 The seeds are the TorchForge documents this project re-implements: ``000_*``
 (module map of ``forge.controller``), ``001_*`` (the Service API page) and
-``002_*`` (the Service user guide). Each test names the seed and the section it quotes; the quoted lines are kept as written, with only the
-``forge.controller...`` imports changed to ``forge_sc``. The seeds leave the service
+``002_*`` (the Service user guide). Each test names the seed and the section it
+quotes; the quoted lines are kept as written, with only the ``forge.controller...``
+imports changed to ``forge_sc``. The seeds leave the service
 and the argument values to the reader: here the service comes from ``open_service(...,
 mesh=FakeMesh())`` (or ``as_service(mesh=FakeMesh())``) and the values are bound just
 before the quoted lines. The examples that spawn with ``as_service()`` / ``as_actor()``

@@ -10,7 +10,8 @@ than 200 wake-ups. The relay runs only forge_sc's bookkeeping, never user code: 
 callbacks (``on_abandoned``) run on the trio thread.
 
 This relay needs no thread of its own. Measured against the other candidates
-(docs/backends.md, "The trio bridge") on the same 2-core machine (1-process actor, echo endpoint, 3 runs):
+(docs/backends.md, "The trio bridge") on the same 2-core machine (1-process
+actor, echo endpoint, 3 runs):
 
 ==========================================  ===================  ===================
 approach                                    sequential p50       200 concurrent
