@@ -8,6 +8,7 @@ taken by the first waiter that can use it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NoReturn
 
 import anyio
@@ -114,6 +115,11 @@ class Admission(ServiceState):
                 return True
         return False
 
+    def _if_free_slot(self, replica: Replica) -> Replica | None:
+        """``replica`` if its incarnation has a free slot (a session's wait)."""
+        inc = replica._inc
+        return replica if inc is not None and inc.active < self._cap else None
+
     def _timed_out(self) -> NoReturn:
         timeout = self._config.request_timeout
         if any(r._state is HEALTHY for r in self._replicas):
@@ -162,11 +168,7 @@ class Admission(ServiceState):
                         return replica, waited
                     try:
                         return await self._wait(
-                            lambda r=replica: (
-                                r if r._inc is not None and r._inc.active < self._cap else None
-                            ),  # type: ignore[misc]
-                            waited,
-                            replica,
+                            partial(self._if_free_slot, replica), waited, replica
                         )
                     except Moved:
                         continue
