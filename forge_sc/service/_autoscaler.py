@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import NoHealthyReplicasError, ServiceClosedError
+from ..errors import NoHealthyReplicasError, PlacementError, ServiceClosedError
 
 if TYPE_CHECKING:
     from ._service import Service
@@ -47,6 +47,9 @@ async def autoscale(svc: Service) -> None:
                 await svc.scale_to(want)
             except ServiceClosedError:
                 return
+            except PlacementError:
+                # The mesh's pool of hosts has no room for more: stay at this size.
+                continue
             except NoHealthyReplicasError:
                 # A new replica could not start: it stays FAILED in the pool (visible
                 # in statistics()); the requests go on being served by the others.

@@ -198,6 +198,8 @@ class Service:
         current = len(self._replicas)
         if num_replicas == current:
             return
+        if num_replicas > current:
+            self._check_capacity(num_replicas - current)
         self._scaling_events += 1
         if num_replicas > current:
             added = [self._add_replica() for _ in range(num_replicas - current)]
@@ -691,6 +693,21 @@ class Service:
             on_abandoned_settled=inc.settle_abandoned,
         )
 
+    def _check_capacity(self, count: int) -> None:
+        """Ask the mesh whether ``count`` more replicas can ever be placed (an optional
+        part of the protocol: a pool of hosts raises ``PlacementError``)."""
+        check = getattr(self._mesh, "check_capacity", None)
+        if check is not None:
+            c = self._config
+            spec = SpawnSpec(
+                idx=-1,
+                actor_cls=self._actor_cls,
+                procs=c.procs,
+                hosts=c.hosts,
+                with_gpus=c.with_gpus,
+            )
+            check(spec, count)
+
     def _replica_healthy(self, replica: Replica) -> None:
         self._dirty = True
         self._wake_everyone()
@@ -809,6 +826,7 @@ class Service:
         try:
             async with self._mesh.lifespan(), anyio.create_task_group() as tg:
                 self._itg = tg
+                self._check_capacity(len(self._replicas))
                 for r in self._replicas:
                     tg.start_soon(supervise, self, r)
                 for name, spec in self._specs.items():
