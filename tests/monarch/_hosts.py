@@ -62,13 +62,15 @@ def _alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
-def tree(root: int) -> set[int]:
+def tree(root: int, sessions: set[int] | None = None) -> set[int]:
     """``root`` and every live process below it (parent links), plus the live members
-    of its session."""
+    of its session and of ``sessions``."""
     children: dict[int, list[int]] = {}
-    session: set[int] = set()
+    found: set[int] = set()
     sid = _stat(root)
-    root_sid = int(sid[3]) if sid is not None else None
+    wanted = set(sessions or ())
+    if sid is not None:
+        wanted.add(int(sid[3]))
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -76,15 +78,15 @@ def tree(root: int) -> set[int]:
         if fields is None or fields[0] in ("Z", "X"):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
-        if root_sid is not None and int(fields[3]) == root_sid:
-            session.add(int(entry))
+        if int(fields[3]) in wanted:
+            found.add(int(entry))
     out = {root} if _alive(root) else set()
     todo = [root]
     while todo:
         for child in children.get(todo.pop(), ()):
             out.add(child)
             todo.append(child)
-    return out | session
+    return out | found
 
 
 def _listening(port: int) -> bool:
@@ -105,6 +107,7 @@ class Host:
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.log = os.path.join(log_dir or tempfile.gettempdir(), f"forge_sc_host_{self.port}.log")
         self.pid: int | None = None
+        self.sessions: set[int] = set()  # of every worker started here, for cleanup
 
     def __repr__(self) -> str:
         return f"<Host {self.address} pid={self.pid}>"
@@ -124,6 +127,9 @@ class Host:
             check=True,
         )
         self.pid = int(out.stdout.strip())
+        fields = _stat(self.pid)
+        if fields is not None:
+            self.sessions.add(int(fields[3]))
         deadline = time.monotonic() + timeout
         while not _listening(self.port):
             if not _alive(self.pid):
@@ -138,8 +144,9 @@ class Host:
         return ""
 
     def processes(self) -> set[int]:
-        """The worker and everything under it."""
-        return set() if self.pid is None else tree(self.pid)
+        """The worker and everything under it (and whatever is left of the workers
+        started here before)."""
+        return set() if self.pid is None else tree(self.pid, self.sessions)
 
     def replica_processes(self) -> set[int]:
         """The processes under the worker (the replicas' procs), not the worker."""
@@ -189,5 +196,4 @@ def hosts(n: int) -> Iterator[list[Host]]:
         for host in started:
             with contextlib.suppress(Exception):
                 host.cont_all()
-            with contextlib.suppress(Exception):
-                host.kill()
+            host.kill()  # raises if a process of the host survives

@@ -25,6 +25,10 @@ class Where(ForgeActor):
     async def echo(self, x: int) -> int:
         return x
 
+    @endpoint
+    async def env(self, name: str) -> str | None:
+        return os.environ.get(name)
+
     @service_endpoint(idempotent=False)
     async def bump(self, x: int) -> tuple[int, int]:
         """Not idempotent: never re-sent after it reached a replica."""

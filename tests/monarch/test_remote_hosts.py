@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -303,22 +304,49 @@ async def test_replica_waits_for_its_host_to_come_back() -> None:
 
 
 @pytest.mark.anyio
-async def test_job_pool_places_replicas_on_its_hosts() -> None:
+async def test_job_and_host_mesh_pools_place_replicas_on_their_hosts() -> None:
+    """``job=`` (a ProcessJob: its host mesh from ``state()``) and ``host_mesh=``: a
+    replica of ``hosts=2`` takes two consecutive hosts of the mesh, ranks on both."""
     from monarch.job import ProcessJob
 
     job = ProcessJob({"hosts": 3}, env={"PYTHONPATH": str(ROOT)})
     try:
         mesh = MonarchMesh(job=job)
-        async with open_service(Where, num_replicas=2, hosts=2, mesh=mesh) as svc:
-            ranks = await svc.where.fanout()
-            assert len(ranks) == 2
+        async with open_service(
+            Where, num_replicas=2, hosts=2, return_first_rank_result=False, mesh=mesh
+        ) as svc:
             assert mesh.host_pool is not None and len(mesh.host_pool.hosts) == 3
-            # hosts=2 on a job's host mesh: consecutive hosts; the two replicas differ
-            spans = [tuple(h.index for h in r._inc.handle.placement.hosts) for r in svc.replicas]  # type: ignore[union-attr]
-            assert sorted(spans) == [(0, 1), (1, 2)]
-            assert await svc.echo.route(3) == 3
+            per_replica = await svc.where.fanout()
+            hosts_of = [tuple(ppid for _, ppid in ranks) for ranks in per_replica]
+            assert all(len(set(h)) == 2 for h in hosts_of)  # two hosts each
+            assert len({ppid for h in hosts_of for ppid in h}) == 3  # spread over 3
+            assert len(set(hosts_of[0]) & set(hosts_of[1])) == 1  # (0, 1) and (1, 2)
+        state = await anyio.to_thread.run_sync(partial(job.state, cached_path=None))
+        async with open_service(
+            Where, num_replicas=3, mesh=MonarchMesh(host_mesh=state.hosts)
+        ) as svc:
+            assert len({ppid for _, ppid in await svc.where.fanout()}) == 3
     finally:
         await anyio.to_thread.run_sync(job.kill)
+
+
+@pytest.mark.anyio
+async def test_gpus_per_host_are_disjoint_and_local_to_each_host() -> None:
+    """with_gpus on a pool: each host's processes see that host's GPU ids (assigned
+    from gpus_per_host, never to two replicas); no GPU is needed to check the ids."""
+    with hosts(2) as hs:
+        mesh = pool(hs, gpus_per_host=2)
+        async with open_service(
+            Where, num_replicas=2, hosts=2, procs=1, with_gpus=True, mesh=mesh
+        ) as svc:
+            seen = await svc.env.fanout("CUDA_VISIBLE_DEVICES")
+            assert sorted(seen) == ["0", "1"]  # rank 0 of each; on each host "0" then "1"
+            with pytest.raises(PlacementError, match="GPUs"):
+                await svc.scale_to(3)
+        with pytest.raises(PlacementError, match="gpus_per_host"):
+            async with open_service(Where, with_gpus=True, mesh=pool(hs)):
+                pytest.fail("GPUs of a pool without gpus_per_host")
+        assert no_replica_processes_left(hs)
 
 
 # ---------------------------------------------------------------- in a fresh process
