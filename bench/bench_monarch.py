@@ -2,6 +2,7 @@
 
     python bench/bench_monarch.py [--backends asyncio trio] [--seq 2000]
                                   [--callers 200] [--per-caller 10] [--replicas 4]
+                                  [--remote [--hosts 3]]
 
 Services on MonarchMesh, per backend. The baseline is measured in the same run on
 the very actors the service spawned: ``call_one`` awaited directly (on trio through
@@ -14,21 +15,37 @@ forge_sc's bridge, the only way to await a Monarch future there). Printed:
 * the trio bridge's own cost: direct on trio vs direct on asyncio.
 
 Blocks of direct and routed calls are interleaved so machine drift hits both.
+
+``--remote`` runs the same on replicas placed on ``--hosts`` Monarch worker processes
+of this machine attached over TCP (``MonarchMesh(workers=[...], ca=...)``, each worker
+in a session of its own), this client on TCP too (``HYPERACTOR_MESH_DEFAULT_TRANSPORT``,
+default ``tcp://127.0.0.1:0``); the baseline is direct calls to the same actors on
+those workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from itertools import cycle
 from typing import Any
+
+if "--remote" in sys.argv:  # the client's transport: read when Monarch loads
+    os.environ.setdefault("HYPERACTOR_MESH_DEFAULT_TRANSPORT", "tcp://127.0.0.1:0")
 
 import anyio
 import trio
 
 from forge_sc import ForgeActor, endpoint, open_service
 from forge_sc.mesh._bridge import wait
+from forge_sc.mesh.monarch import MonarchMesh
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 class Echo(ForgeActor):
@@ -109,17 +126,36 @@ async def throughput(
     return {"direct_per_s": d, "route_per_s": r, "ratio": r / d}
 
 
+@contextlib.contextmanager
+def _workers(args: argparse.Namespace) -> Iterator[list[str] | None]:
+    """The attached workers' addresses with ``--remote`` (killed afterwards)."""
+    if not args.remote:
+        yield None
+        return
+    sys.path.insert(0, ROOT)
+    from tests.monarch._hosts import hosts
+
+    with hosts(args.hosts) as hs:
+        yield [h.address for h in hs]
+
+
+def _mesh(workers: list[str] | None) -> MonarchMesh | None:
+    return None if workers is None else MonarchMesh(workers=workers, ca="trust_all_connections")
+
+
 async def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    # Sequential on one replica: round-robin over several processes would add the
-    # cost of waking a different process per call to route() only.
-    async with open_service(Echo, num_replicas=1) as svc:
-        seq = await sequential(svc, _actors(svc), args.seq)
-    async with open_service(
-        Echo,
-        num_replicas=args.replicas,
-        replica_max_concurrent_requests=max(10, -(-args.callers // args.replicas)),
-    ) as svc:
-        thr = await throughput(svc, _actors(svc), args.callers, args.per_caller)
+    with _workers(args) as workers:
+        # Sequential on one replica: round-robin over several processes would add the
+        # cost of waking a different process per call to route() only.
+        async with open_service(Echo, num_replicas=1, mesh=_mesh(workers)) as svc:
+            seq = await sequential(svc, _actors(svc), args.seq)
+        async with open_service(
+            Echo,
+            num_replicas=args.replicas,
+            replica_max_concurrent_requests=max(10, -(-args.callers // args.replicas)),
+            mesh=_mesh(workers),
+        ) as svc:
+            thr = await throughput(svc, _actors(svc), args.callers, args.per_caller)
     return {"sequential": seq, "throughput": thr}
 
 
@@ -130,7 +166,14 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=200)
     parser.add_argument("--per-caller", type=int, default=10)
     parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--remote", action="store_true", help="replicas on attached TCP workers")
+    parser.add_argument("--hosts", type=int, default=3, help="worker hosts with --remote")
     args = parser.parse_args()
+    if args.remote:
+        print(
+            f"--remote: replicas on {args.hosts} Monarch workers attached over "
+            f"tcp://127.0.0.1, client transport {os.environ['HYPERACTOR_MESH_DEFAULT_TRANSPORT']}"
+        )
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     for backend in args.backends:

@@ -3,6 +3,17 @@
     python bench/bench_reroute.py [--backend asyncio trio] [--kills 20] [--replicas 2]
                                   [--callers 16] [--health-poll-rate 0.2]
                                   [--health-timeout 1.0] [--settle 0.5]
+                                  [--remote [--hosts 3] [--kill proc|host]]
+
+``--remote`` places the replicas on ``--hosts`` Monarch worker processes on this
+machine, attached over TCP (``MonarchMesh(workers=[...], ca=...)``; each worker in a
+session of its own, started through a double fork, so no replica process is a
+descendant of this one), with this client on TCP too
+(``HYPERACTOR_MESH_DEFAULT_TRANSPORT``, default ``tcp://127.0.0.1:0``). No pidfd
+watches any replica there: deaths are learnt from Monarch's supervision reports,
+failed calls and the health probe. ``--kill proc`` (default) SIGKILLs the replica's
+process on its host; ``--kill host`` kills the whole host (the worker and everything
+under it), and restarts a worker at the same address before the next kill.
 
 A service of ``--replicas`` replicas of an echo actor (round-robin router, capacity
 = callers, so nothing queues for capacity) serves ``--callers`` callers that issue
@@ -33,16 +44,22 @@ import math
 import os
 import signal
 import statistics
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+if "--remote" in sys.argv:  # the client's transport: read when Monarch loads
+    os.environ.setdefault("HYPERACTOR_MESH_DEFAULT_TRANSPORT", "tcp://127.0.0.1:0")
+
 import anyio
 
 from forge_sc import ForgeActor, endpoint, open_service
+from forge_sc.mesh.monarch import MonarchMesh
 
 clock = time.perf_counter
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 class Echo(ForgeActor):
@@ -53,6 +70,11 @@ class Echo(ForgeActor):
     @endpoint
     async def pid(self) -> int:
         return os.getpid()
+
+    @endpoint
+    async def host(self) -> int:
+        """The worker process above this replica's process (with ``--remote``)."""
+        return os.getppid()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -83,6 +105,17 @@ def cause(reason: BaseException | None) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.remote:
+        return await _run(args, None, [])
+    sys.path.insert(0, ROOT)
+    from tests.monarch._hosts import hosts
+
+    with hosts(args.hosts) as hs:
+        mesh = MonarchMesh(workers=[h.address for h in hs], ca="trust_all_connections")
+        return await _run(args, mesh, hs)
+
+
+async def _run(args: argparse.Namespace, mesh: MonarchMesh | None, hs: list[Any]) -> dict[str, Any]:
     detect: list[float] = []
     reroute: list[float] = []
     recover: list[float] = []
@@ -103,6 +136,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         restart_backoff=0.05,
         restart_window=1.0,  # kills of one replica are further apart: no growing backoff
         max_restarts=10 * args.kills + 10,
+        mesh=mesh,
     ) as svc:
 
         async def caller(c: int) -> None:
@@ -132,9 +166,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await anyio.sleep(args.settle)
                 pid = (await svc.pid.fanout())[victim]
                 inc = replica._inc  # bench-only: to tell the new incarnation apart
+                lost = None
+                if args.remote and args.kill == "host":
+                    ppid = (await svc.host.fanout())[victim]
+                    lost = next(h for h in hs if h.pid == ppid)
+                    assert mesh is not None and mesh.host_pool is not None
+                    pool_host = next(h for h in mesh.host_pool.hosts if h.label == lost.address)
                 log.clear()
                 kill_at = clock()
-                os.kill(pid, signal.SIGKILL)
+                if lost is not None:
+                    lost.kill()
+                else:
+                    os.kill(pid, signal.SIGKILL)
                 detect_at = await until(lambda r=replica: not r.healthy)  # type: ignore[misc]
                 recovered_at = await until(
                     lambda r=replica, i=inc: r.healthy and r._inc is not i  # type: ignore[misc]
@@ -147,6 +190,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 recover.append(recovered_at - kill_at)
                 stranded_counts.append(len(stranded))
                 causes[cause(replica._last_error)] += 1
+                if lost is not None:  # the host comes back for the next round
+                    await anyio.to_thread.run_sync(lost.start)
+                    await until(lambda h=pool_host: h.state.value == "up")
                 if args.verbose:
                     print(
                         f"  kill {k + 1:2d} replica {victim}: detect {detect[-1] * 1e3:6.1f} ms"
@@ -182,7 +228,16 @@ def main() -> None:
     p.add_argument("--health-timeout", type=float, default=1.0)
     p.add_argument("--settle", type=float, default=0.5, help="traffic before each kill, s")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per kill")
+    p.add_argument("--remote", action="store_true", help="replicas on attached TCP workers")
+    p.add_argument("--hosts", type=int, default=3, help="worker hosts with --remote")
+    p.add_argument("--kill", choices=["proc", "host"], default="proc", help="with --remote")
     args = p.parse_args()
+    if args.remote:
+        print(
+            f"--remote: {args.hosts} worker hosts on tcp://127.0.0.1, client transport "
+            f"{os.environ['HYPERACTOR_MESH_DEFAULT_TRANSPORT']}, no pidfd; each kill: "
+            + ("the whole host" if args.kill == "host" else "the replica's process")
+        )
     print(
         f"{args.replicas} replicas, {args.callers} callers, {args.kills} SIGKILLs, "
         f"health_poll_rate={args.health_poll_rate}, health_timeout={args.health_timeout}, "

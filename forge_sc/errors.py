@@ -19,7 +19,9 @@ from typing import Any, Self
 __all__ = [
     "BatchResultError",
     "FanoutError",
+    "HostsUnreachableError",
     "NoHealthyReplicasError",
+    "PlacementError",
     "ReplicaDiedError",
     "RequestKilledReplicaError",
     "ServiceClosedError",
@@ -72,6 +74,22 @@ class ServiceOverloadedError(ServiceError):
 class ServiceFailedError(ServiceError):
     """The service gave up: a replica could not be started while the service was
     starting, or every replica used up its restart budget. The cause is chained."""
+
+
+class PlacementError(ServiceError, ValueError):
+    """The replicas asked for cannot be placed on the mesh's pool of hosts: a replica
+    needs more hosts than the pool has, or the hosts have too few free process slots
+    or GPUs. Raised by ``open_service`` and ``scale_to`` before anything starts; the
+    message names what was asked and what is free. Also raised (as a failed spawn,
+    counted against the restart budget) by a recovering replica that found no free
+    host for the mesh's ``host_wait`` seconds."""
+
+
+class HostsUnreachableError(ServiceError, ConnectionError):
+    """Hosts of the mesh's pool did not answer in time when the service started: no
+    Monarch worker listens at the address, a firewall drops the connection, or the
+    transport or its TLS certificates do not match. The message names each host and
+    what was tried; nothing was left running."""
 
 
 class BatchResultError(ServiceError, ValueError):

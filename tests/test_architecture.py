@@ -39,7 +39,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("forge_sc._compat",),
     ("forge_sc._actor",),
     # the package, TorchForge's import path (forge.controller.service), the exporters
-    ("forge_sc", "forge_sc.service", "forge_sc.observe.otel", "forge_sc.observe.prometheus"),
+    (
+        "forge_sc",
+        "forge_sc.service",
+        "forge_sc.observe.otel",
+        "forge_sc.observe.prometheus",
+        "forge_sc.worker",
+    ),
 ]
 
 #: The service core: never imports Monarch, directly or through other modules.

@@ -42,6 +42,7 @@ def test_the_public_modules_are_the_documented_ones() -> None:
         "forge_sc.observe.prometheus",
         "forge_sc.service",
         "forge_sc.testing",
+        "forge_sc.worker",
     ]
 
 

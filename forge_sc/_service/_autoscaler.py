@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import anyio
 
 from .._config import ServiceConfig
-from ..errors import NoHealthyReplicasError, ServiceClosedError
+from ..errors import NoHealthyReplicasError, PlacementError, ServiceClosedError
 
 __all__ = ["ScalingHost", "autoscale", "desired_replicas"]
 
@@ -58,6 +58,9 @@ async def autoscale(svc: ScalingHost) -> None:
                 await svc.scale_to(want)
             except ServiceClosedError:
                 return
+            except PlacementError:
+                # The mesh's pool of hosts has no room for more: stay at this size.
+                continue
             except NoHealthyReplicasError:
                 # A new replica could not start: it stays FAILED in the pool (visible
                 # in statistics()); the requests go on being served by the others.

@@ -50,6 +50,21 @@ class Lifecycle(Admission):
             on_abandoned_settled=inc.settle_abandoned,
         )
 
+    def _check_capacity(self, count: int) -> None:
+        """Ask the mesh whether ``count`` more replicas can ever be placed (an optional
+        part of the protocol: a pool of hosts raises ``PlacementError``)."""
+        check = getattr(self._mesh, "check_capacity", None)
+        if check is not None:
+            c = self._config
+            spec = SpawnSpec(
+                idx=-1,
+                actor_cls=self._actor_cls,
+                procs=c.procs,
+                hosts=c.hosts,
+                with_gpus=c.with_gpus,
+            )
+            check(spec, count)
+
     def _start_incarnation(self, inc: Incarnation) -> Awaitable[MeshReplica]:
         """The child spec's ``start``: spawn one incarnation on the mesh."""
         return self._mesh.spawn(self._spawn_spec(inc.replica, inc))
@@ -184,6 +199,7 @@ class Lifecycle(Admission):
         try:
             async with self._mesh.lifespan(), anyio.create_task_group() as tg:
                 self._itg = tg
+                self._check_capacity(len(self._replicas))
                 for i, r in enumerate(list(self._replicas)):
                     if i and i % _START_CHUNK == 0:
                         # A huge pool: let a cancelled start-up end here.

@@ -244,6 +244,8 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
                 current = len(self._replicas)
                 if target == current:
                     return
+                if target > current:
+                    self._check_capacity(target - current)
                 self._scaling_events += 1
                 if target > current:
                     added = [self._add_replica() for _ in range(target - current)]

@@ -11,6 +11,8 @@ The hook never raises and never exits. It looks the failed mesh up by name:
 * a live forge_sc mesh: its listener is called (it posts the death to its replica's
   event loop);
 * a forge_sc mesh already stopped, or Monarch's internal ``logger`` mesh: dropped;
+* a message Monarch could not deliver to a process that is gone (no mesh named; a
+  host of a pool was lost): logged at DEBUG;
 * anything else: handed to the hook that was installed before forge_sc's, if that
   was not Monarch's default; otherwise logged at WARNING.
 """
@@ -89,6 +91,11 @@ def _hook(failure: Any) -> None:
             return
         if known:
             log.debug("forge_sc: dropped a late failure of mesh %s", failure.mesh_name)
+            return
+        if previous is None and name == "<none>" and "undeliverable message" in failure.report():
+            # Messages still queued for processes of a host that was lost (a worker
+            # restarted at its address refuses them): the deaths are handled already.
+            log.debug("forge_sc: Monarch could not deliver:\n%s", failure.report())
             return
         if previous is None:
             log.warning(

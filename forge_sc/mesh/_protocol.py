@@ -27,6 +27,10 @@ Contract every backend keeps (the core relies on each point):
 * ``stop`` is idempotent, safe to call on a half-built or dead replica, bounded in
   time (a process that cannot answer is killed), and is called by the core inside a
   shielded scope.
+* Optionally, a mesh has ``check_capacity(spec, count)``: it raises
+  :class:`~forge_sc.errors.PlacementError` when ``count`` more replicas like ``spec``
+  can never be placed (a pool of hosts too small). The core calls it, once the
+  lifespan is entered, before the first spawns and before ``scale_to`` adds replicas.
 """
 
 from __future__ import annotations

@@ -49,13 +49,20 @@ mesh with a dead process.
   locks (``_DeadlockError``). So the health actor (whose class is forge_sc's) is
   built first, alone, and the user's actor (whose module imports forge_sc) only once
   the health actor answered.
+* A pool of hosts (``MonarchMesh(workers=[...], ca=...)``, ``job=``, ``host_mesh=``):
+  each replica's ProcMesh runs on the hosts :mod:`._placement` reserves for it; no
+  pidfd is opened (the processes are not this machine's children), stopping is
+  bounded by ``stop_timeout``, and the hosts of a replica that died are probed
+  before they take another one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import logging
+import math
 import os
 import re
 import secrets
@@ -63,8 +70,8 @@ import signal
 import site
 import sys
 import sysconfig
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any, cast
 
@@ -78,6 +85,15 @@ from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
 from ._kinds import EndpointInfo, endpoint_kinds
+from ._placement import (
+    _CA_REQUIRED,
+    CA,
+    HostPool,
+    Placement,
+    check_workers,
+    pool_of,
+    stop_bounded,
+)
 from ._protocol import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
 
 __all__ = ["MonarchMesh", "MonarchReplica", "ReplicaStartError", "child_import_path"]
@@ -95,6 +111,12 @@ class _Health(Actor):  # type: ignore[misc]
     @endpoint  # type: ignore[untyped-decorator]
     async def pid(self) -> int:
         return os.getpid()
+
+    @endpoint  # type: ignore[untyped-decorator]
+    async def exit(self) -> None:
+        """End this process (a replica on a pool whose stop cannot finish: the ranks
+        on hosts that still answer end themselves; a frozen host's, once it thaws)."""
+        os._exit(0)
 
 
 def _open_pidfd(pid: int) -> int | None:
@@ -117,6 +139,11 @@ def _exit_status(pid: int, fd: int) -> str | None:
         return f"process {pid} exited with code {info.si_status}"
     return f"process {pid} was killed by signal {info.si_status}"
 
+
+#: How long stopping a replica on a pool of hosts waits when its host may be lost
+#: (a health timeout, a death, a failed start): a dead host's processes need no
+#: stop, a partitioned host's cannot be stopped now; the pool retries later.
+SUSPECT_STOP_GRACE = 0.5
 
 #: How long stopping a replica whose death its pidfd saw first (without an exit
 #: status) waits for Monarch's report of it, which says how the process ended.
@@ -293,6 +320,8 @@ class MonarchReplica:
         "_on_abandoned",
         "_on_stopped",
         "_pidfds",
+        "_ping_cut",
+        "_placement",
         "_pool",
         "_post",
         "_procs",
@@ -300,9 +329,11 @@ class MonarchReplica:
         "_seq",
         "_single",
         "_spec",
+        "_started",
         "_stop_done",
         "_stopping",
         "_watching",
+        "_where",
         "_why",
     )
 
@@ -311,8 +342,14 @@ class MonarchReplica:
         spec: SpawnSpec,
         pool: GpuPool,
         on_stopped: Callable[[MonarchReplica], None] = lambda _: None,
+        where: tuple[HostPool, Placement] | None = None,
     ) -> None:
         self._spec = spec
+        # On a pool of hosts: the pool and this replica's hosts there.
+        self._where = where
+        self._placement = None if where is None else where[1]
+        self._started = False
+        self._ping_cut = False
         self._pool = pool
         self._on_stopped = on_stopped
         self._label = f"replica {spec.idx} ({spec.actor_cls.__name__})"
@@ -363,15 +400,23 @@ class MonarchReplica:
 
     @property
     def gpus(self) -> tuple[str, ...]:
-        """The GPU ids this replica's processes see (empty without ``with_gpus``)."""
+        """The GPU ids this replica's processes see (empty without ``with_gpus``); on a
+        pool of hosts, each host's ids in turn (see ``placement``)."""
+        if self._placement is not None:
+            return tuple(g for per_host in self._placement.gpus for g in per_host)
         return self._gpus
+
+    @property
+    def placement(self) -> Placement | None:
+        """The hosts of the pool this replica runs on (None off a pool)."""
+        return self._placement
 
     # ------------------------------------------------------------ start
 
     async def _start(self) -> None:
         spec = self._spec
         hosts = spec.hosts or 1
-        if spec.with_gpus:
+        if spec.with_gpus and self._placement is None:
             # The first acquire may import torch to count GPUs: seconds, off the loop.
             self._gpus = await anyio.to_thread.run_sync(
                 self._pool.acquire, spec.procs * hosts, self._label
@@ -385,10 +430,12 @@ class MonarchReplica:
         # Only then the user's actor, whose module imports forge_sc too: two threads
         # importing forge_sc at once can deadlock in Python's import locks.
         pids: Any = await wait(self._health.pid.call(), self._group)
-        for pid in pids.values():
-            fd = _open_pidfd(pid)
-            if fd is not None:
-                self._pidfds[pid] = fd
+        self._started = True
+        if self._placement is None:  # on a pool of hosts they are not our children
+            for pid in pids.values():
+                fd = _open_pidfd(pid)
+                if fd is not None:
+                    self._pidfds[pid] = fd
         await anyio.to_thread.run_sync(self._spawn_actor)
         await wait(_ready_endpoint(self._actor).call(), self._group)
         if setup_endpoint(self._spec.actor_cls) is not None:
@@ -401,8 +448,15 @@ class MonarchReplica:
 
     def _build(self, env: dict[str, str], hosts: int) -> None:
         spec = self._spec
-        cmd = default_bootstrap_cmd().with_env(env)
-        if hosts > 1:
+        cmd: Any = default_bootstrap_cmd().with_env(env)
+        if self._where is not None:
+            hostpool, placement = self._where
+            host_mesh = hostpool.mesh_for(placement)
+            if spec.with_gpus:
+                # Each host's processes see that host's GPUs (ranks run host by host).
+                cmds = [default_bootstrap_cmd().with_env(_child_env(g)) for g in placement.gpus]
+                cmd = partial(_per_host, cmds, spec.procs)
+        elif hosts > 1:
             from monarch.job import ProcessJob
 
             job = ProcessJob({"hosts": hosts}, env=env)
@@ -496,6 +550,10 @@ class MonarchReplica:
             await wait(self._health.ping.call(), self._group)
         except SupervisionError as exc:
             raise self._gone(exc) from exc
+        except BaseException:
+            # Cut short: the core's health_timeout ran out (or the service closes).
+            self._ping_cut = True
+            raise
 
     async def wait_dead(self) -> BaseException:
         """Return (a ``ReplicaGone`` with Monarch's report) once the fault hook
@@ -533,6 +591,9 @@ class MonarchReplica:
             return
         self._stop_done = done = anyio.Event()
         self._stopping = True
+        # On a pool: a ping cut short (a health timeout), a death, a start that did
+        # not finish or a stop that does not finish says the host may be lost.
+        suspect = True
         with anyio.CancelScope(shield=True):
             try:
                 if self._death is not None and not self._reported.is_set():
@@ -541,7 +602,29 @@ class MonarchReplica:
                     with anyio.move_on_after(REPORT_GRACE):
                         await self._reported.wait()
                 self._group.close(partial(ReplicaGone, f"{self._label} was stopped"))
-                if self._procs is not None:
+                suspect = self._ping_cut or self._death is not None or not self._started
+                if self._procs is not None and self._where is not None:
+                    hostpool, placement = self._where
+                    # A host that may be lost is not waited for: the pool stops these
+                    # processes again once the host answers.
+                    limit = min(hostpool.stop_timeout, SUSPECT_STOP_GRACE if suspect else math.inf)
+                    if suspect and self._health is not None:
+                        # Monarch's stop of a mesh with a lost host leaves the ranks on
+                        # the other hosts running for a minute: they end themselves.
+                        with contextlib.suppress(Exception):
+                            self._health.exit.broadcast()
+                    if not await stop_bounded(self._procs, limit):
+                        log.log(
+                            logging.INFO if suspect else logging.WARNING,
+                            "forge_sc: %s on %s did not stop within %ss; it is stopped "
+                            "again when its host answers",
+                            self._label,
+                            placement,
+                            limit,
+                        )
+                        hostpool.abandon(placement, self._procs)
+                        suspect = True
+                elif self._procs is not None:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._kill_after, STOP_GRACE)
                         err = await anyio.to_thread.run_sync(get_quietly, self._procs.stop())
@@ -558,6 +641,8 @@ class MonarchReplica:
                     os.close(fd)
                 self._pidfds.clear()
                 self._pool.release(self._gpus)
+                if self._where is not None:
+                    self._where[0].release(self._where[1], died=suspect)
                 self._on_stopped(self)
                 done.set()
 
@@ -625,44 +710,183 @@ class MonarchReplica:
         self._dead.set()
 
 
+_MISSING: Any = object()
+
+
 class MonarchMesh:
     """The Monarch backend: real processes, one ProcMesh per replica.
 
-    ``gpu_pool`` replaces the process-wide GPU pool (tests fake a GPU count with
-    ``GpuPool(["0", "1"])``).
+    By default every replica runs on this host. Give at most one pool of hosts to
+    place replicas beyond it (see :mod:`._placement` and docs/deployment.md):
+
+    * ``workers=["tcp://10.0.0.5:26600", ...]`` with ``ca=``: hosts running Monarch's
+      ``run_worker_loop_forever`` (or ``python -m forge_sc.worker``), attached with
+      ``attach_to_workers``. ``ca`` is Monarch's own argument and has no default:
+      ``ca="trust_all_connections"`` attaches over plain, unauthenticated TCP (anyone
+      who can reach a worker's port runs code there); the path (or bytes) of a CA
+      certificate needs ``tls://`` workers and Monarch's TLS environment
+      (``HYPERACTOR_TLS_CA``/``CERT``/``KEY``, the same CA), which it checks.
+    * ``job=``: a ``monarch.job`` ``JobTrait`` (``SlurmJob``, ``KubernetesJob``,
+      ``ProcessJob``, ...); its host mesh ``job_mesh_name`` from ``job.state()``.
+    * ``host_mesh=``: a Monarch ``HostMesh``.
+
+    On a pool, each replica takes ``hosts`` hosts x ``procs`` processes, disjoint
+    from other replicas' slots: ``procs_per_host`` process slots per host (None:
+    unlimited) and, with ``with_gpus``, ``gpus_per_host`` GPUs per host.
+    ``attach_timeout`` bounds attaching (and each probe of a host);
+    ``host_wait`` how long a recovering replica waits for a free host before its
+    spawn fails; ``stop_timeout`` how long a replica's stop may take (a host whose
+    processes are stopped never answers); ``probe_interval`` the first delay
+    before a host that is down is probed again (doubling up to 8x).
+
+    ``gpu_pool`` replaces the process-wide GPU pool of this host (tests fake a GPU
+    count with ``GpuPool(["0", "1"])``).
     """
 
-    def __init__(self, *, gpu_pool: GpuPool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        workers: Sequence[str] | None = None,
+        ca: CA = _MISSING,
+        job: Any = None,
+        host_mesh: Any = None,
+        job_mesh_name: str = "hosts",
+        procs_per_host: int | None = None,
+        gpus_per_host: int | None = None,
+        attach_timeout: float = 10.0,
+        host_wait: float | None = 30.0,
+        stop_timeout: float = 5.0,
+        probe_interval: float = 1.0,
+        gpu_pool: GpuPool | None = None,
+    ) -> None:
+        kind = pool_of(workers, job, host_mesh)
+        if kind == "workers":
+            assert workers is not None
+            if ca is _MISSING or ca is None:
+                raise TypeError(_CA_REQUIRED)
+            workers = check_workers(workers, ca)
+        elif ca is not _MISSING:
+            raise ValueError("MonarchMesh(ca=...) applies to workers=[...] only")
+        if kind is None:
+            extra = [
+                name
+                for name, value, default in (
+                    ("procs_per_host", procs_per_host, None),
+                    ("gpus_per_host", gpus_per_host, None),
+                )
+                if value != default
+            ]
+            if extra:
+                raise ValueError(
+                    f"MonarchMesh({extra[0]}=...) applies to a pool of hosts "
+                    "(workers=, job= or host_mesh=)"
+                )
+        for name, value, low in (
+            ("procs_per_host", procs_per_host, 1),
+            ("gpus_per_host", gpus_per_host, 1),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < low
+            ):
+                raise ValueError(
+                    f"MonarchMesh({name}=...) must be an int >= {low} or None, got {value!r}"
+                )
+        for name, number in (
+            ("attach_timeout", attach_timeout),
+            ("stop_timeout", stop_timeout),
+            ("probe_interval", probe_interval),
+            ("host_wait", 1.0 if host_wait is None else host_wait),
+        ):
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int | float)
+                or not 0 < number < float("inf")
+            ):
+                raise ValueError(f"MonarchMesh({name}=...) must be a number > 0, got {number!r}")
         self._pool = gpu_pool
         self._live: set[MonarchReplica] = set()
         self._depth = 0
+        self._hostpool: HostPool | None = None
+        if kind is not None:
+            self._hostpool = HostPool(
+                workers=workers,
+                job=job,
+                host_mesh=host_mesh,
+                job_mesh_name=job_mesh_name,
+                procs_per_host=procs_per_host,
+                gpus_per_host=gpus_per_host,
+                attach_timeout=attach_timeout,
+                probe_interval=probe_interval,
+                host_wait=host_wait,
+                stop_timeout=stop_timeout,
+                child_env=partial(_child_env, ()),
+            )
+
+    def __repr__(self) -> str:
+        where = "this host" if self._hostpool is None else repr(self._hostpool)
+        return f"<MonarchMesh {where}, {len(self._live)} replica(s) running>"
+
+    @property
+    def host_pool(self) -> HostPool | None:
+        """The pool of hosts replicas are placed on (None: this host only)."""
+        return self._hostpool
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Install forge_sc's Monarch fault hook (it stays installed: failures can
-        arrive after a clean stop). The trio bridge has no thread to start."""
+        arrive after a clean stop). With a pool of hosts, the first lifespan attaches
+        them (raising :class:`~forge_sc.errors.HostsUnreachableError` when they do
+        not answer within ``attach_timeout``) and each runs the pool's prober."""
         _faults.install_fault_hook()  # stays installed: failures can arrive late
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self._live:
-                # The core stops every replica first; this only catches leaks.
-                with anyio.CancelScope(shield=True):
-                    for replica in list(self._live):
-                        await replica.stop()
+        async with AsyncExitStack() as stack:
+            if self._hostpool is not None:
+                await stack.enter_async_context(self._hostpool.session())
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._live:
+                    # The core stops every replica first; this only catches leaks.
+                    with anyio.CancelScope(shield=True):
+                        for replica in list(self._live):
+                            await replica.stop()
+
+    def check_capacity(self, spec: SpawnSpec, count: int) -> None:
+        """Raise :class:`~forge_sc.errors.PlacementError` if ``count`` more replicas
+        like ``spec`` can never be placed on the pool (no-op without a pool)."""
+        if self._hostpool is not None and self._hostpool.hosts:
+            self._hostpool.check_capacity(
+                spec.procs,
+                spec.hosts,
+                spec.with_gpus,
+                count,
+                who=spec.actor_cls.__name__,
+            )
 
     async def spawn(self, spec: SpawnSpec) -> MonarchReplica:
         """Start one replica; return once its actor is constructed on every rank.
 
         Raises :class:`ReplicaStartError` (with Monarch's report) when the processes
         or the actor fail to start, and ``NotEnoughGpusError`` when ``with_gpus`` asks
-        for more GPUs than are free; whatever was built is stopped first.
+        for more GPUs than are free; whatever was built is stopped first. On a pool
+        of hosts, first reserves room (waiting up to ``host_wait`` while hosts are
+        down), raising :class:`~forge_sc.errors.PlacementError` when there is none.
         """
         _faults.install_fault_hook()
         _check_arguments(spec)
-        replica = MonarchReplica(spec, self._pool or default_gpu_pool(), self._live.discard)
+        where: tuple[HostPool, Placement] | None = None
+        if self._hostpool is not None:
+            placement = await self._hostpool.acquire(
+                spec.procs,
+                spec.hosts,
+                spec.with_gpus,
+                f"replica {spec.idx} ({spec.actor_cls.__name__})",
+            )
+            where = (self._hostpool, placement)
+        replica = MonarchReplica(
+            spec, self._pool or default_gpu_pool(), self._live.discard, where=where
+        )
         self._live.add(replica)
         try:
             await replica._start()
@@ -673,6 +897,12 @@ class MonarchMesh:
                 raise _start_error(spec, exc) from None
             raise
         return replica
+
+
+def _per_host(cmds: list[Any], procs: int, point: Any) -> Any:
+    """The bootstrap command of the process at ``point``: its host's (ranks run host
+    by host, ``procs`` per host)."""
+    return cmds[point.rank // procs]
 
 
 def _check_arguments(spec: SpawnSpec) -> None:
