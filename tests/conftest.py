@@ -109,20 +109,31 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
 
 @pytest.fixture(autouse=True)
 def _relays_settle(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test on Monarch leaves no relayed trio wait unsettled (bounded wait): the
-    count is process-wide, so a relay still settling after one test would otherwise be
-    counted by the next one's ``pending_relays()`` check."""
+    """A test on Monarch leaves no relayed trio wait of its own unsettled (bounded
+    wait): the count is process-wide, so a relay still settling after one test would
+    otherwise be counted by the next one's ``pending_relays()`` check. Relays of calls
+    that Monarch never resolves (a lost host, see the ``lost_host_calls`` marker) stay
+    pending; the check counts what this test added on top of those."""
+    bridge = sys.modules.get("forge_sc.mesh._bridge")
+    before = bridge.pending_relays() if bridge is not None else 0
     yield
     if request.node.get_closest_marker("monarch") is None:
+        return
+    if request.node.get_closest_marker("lost_host_calls") is not None:
+        # Monarch never resolves a call that was in flight to a host that is lost
+        # (its worker killed, or its processes stopped): the relay stays pending as
+        # long as Monarch's future does. Those calls' callers were answered (the
+        # test checks that); the relay itself is Monarch's to drop.
         return
     bridge = sys.modules.get("forge_sc.mesh._bridge")
     if bridge is None:
         return
     deadline = time.monotonic() + RELAY_SETTLE_BOUND
-    while bridge.pending_relays() and time.monotonic() < deadline:
+    while bridge.pending_relays() > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert bridge.pending_relays() == 0, (
-        f"{bridge.pending_relays()} relayed wait(s) of this test still unsettled "
+    left = bridge.pending_relays() - before
+    assert left <= 0, (
+        f"{left} relayed wait(s) of this test still unsettled "
         f"{RELAY_SETTLE_BOUND:g} s after it ended (a leak)"
     )
 

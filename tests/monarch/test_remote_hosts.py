@@ -115,6 +115,7 @@ def test_worker_refuses_every_interface_and_warns_on_plain_tcp() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.lost_host_calls
 async def test_replicas_across_hosts_survive_a_host_kill(three_hosts: list[Host]) -> None:
     """4 replicas x hosts=1 on 3 attached workers: route, fanout, sessions; one whole
     host killed under traffic of a non-idempotent endpoint: every request is answered
@@ -200,6 +201,7 @@ async def test_replicas_across_hosts_survive_a_host_kill(three_hosts: list[Host]
 
 
 @pytest.mark.anyio
+@pytest.mark.lost_host_calls
 async def test_two_host_replica_is_replaced_whole(three_hosts: list[Host]) -> None:
     """A replica with ranks on two hosts: killing one host replaces the whole replica
     (its rank on the surviving host is stopped too)."""
@@ -223,6 +225,7 @@ async def test_two_host_replica_is_replaced_whole(three_hosts: list[Host]) -> No
 
 
 @pytest.mark.anyio
+@pytest.mark.lost_host_calls
 async def test_unreachable_worker_fails_open_service_in_bounded_time() -> None:
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     before = live_descendants()
@@ -257,6 +260,7 @@ async def test_placement_that_cannot_fit_fails_open_and_scale_to(two_hosts: list
 
 
 @pytest.mark.anyio
+@pytest.mark.lost_host_calls
 async def test_partition_ends_like_a_hang(two_hosts: list[Host]) -> None:
     """A host whose processes are stopped (SIGSTOP) answers nothing: the health timeout
     takes its replica out, its stop is bounded, the replica is re-placed on the other
@@ -283,6 +287,7 @@ async def test_partition_ends_like_a_hang(two_hosts: list[Host]) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.lost_host_calls
 async def test_replica_waits_for_its_host_to_come_back() -> None:
     """A pool of one host: when it dies the replica waits (recovering) and is placed
     again once a worker answers at the same address."""
