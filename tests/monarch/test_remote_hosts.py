@@ -284,22 +284,24 @@ async def test_partition_ends_like_a_hang(two_hosts: list[Host]) -> None:
 
 @pytest.mark.anyio
 async def test_replica_waits_for_its_host_to_come_back() -> None:
-    """A pool of one host: when it dies the replica waits (recovering) and is placed
-    again once a worker answers at the same address."""
+    """A pool of one host: while it does not answer (its processes stopped), the
+    replica is out and waits; when the host answers again the replica is placed there
+    again, and the processes left on it by the old incarnation end."""
     with hosts(1) as (h,):
         mesh = pool([h], probe_interval=0.5, attach_timeout=2.0, host_wait=60.0)
         async with open_service(Where, mesh=mesh) as svc:
-            _, first = await svc.where.route()
+            old_pid, first = await svc.where.route()
             assert first == h.pid
-            h.kill()
+            h.stop_all()
             await wait_for(lambda: not svc.replicas[0].healthy, timeout=15)
-            with anyio.move_on_after(2):  # no host: it does not come back by itself
+            with anyio.move_on_after(3):  # no host answers: it stays out
                 await wait_for(lambda: svc.replicas[0].healthy, timeout=10)
             assert not svc.replicas[0].healthy
-            h.start()  # a worker at the same address
+            h.cont_all()  # the host answers again
             await wait_for(lambda: svc.replicas[0].healthy, timeout=60)
-            _, now = await svc.where.route()
-            assert now == h.pid != first
+            pid, now = await svc.where.route()
+            assert now == h.pid and pid != old_pid
+            assert wait_until(lambda: not pid_alive(old_pid), timeout=15)
         assert no_replica_processes_left([h])
 
 
