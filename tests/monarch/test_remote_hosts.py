@@ -99,6 +99,20 @@ def test_addresses_and_options_are_checked_before_anything_starts() -> None:
         MonarchMesh(workers=["tcp://10.0.0.5:1"], ca=TRUST, attach_timeout=0)
 
 
+def test_remote_workers_need_a_client_they_can_reach() -> None:
+    """This test process is on Monarch's default client transport, a Unix socket: a
+    worker on another machine could not connect back, and says so before attaching."""
+    from forge_sc.mesh._placement import check_client_transport
+
+    if os.environ.get("HYPERACTOR_MESH_DEFAULT_TRANSPORT"):
+        pytest.skip("this process was given a client transport")
+    with pytest.raises(ValueError, match="HYPERACTOR_MESH_DEFAULT_TRANSPORT=tcp://"):
+        check_client_transport(["tcp://10.0.0.5:26600"])
+    with pytest.raises(ValueError, match="TLS transport"):
+        check_client_transport(["tls://127.0.0.1:26600"])
+    check_client_transport(["tcp://127.0.0.1:26600"])  # loopback reaches a Unix socket
+
+
 def test_worker_refuses_every_interface_and_warns_on_plain_tcp() -> None:
     with pytest.raises(ValueError, match="every interface"):
         check_listen_address("tcp://0.0.0.0:26600")
