@@ -4,11 +4,9 @@ concurrency (anyio: trio and asyncio) with PyTorch Monarch as the process runtim
 import os as _os
 
 # Monarch reads this when its native runtime loads (at `import monarch`); with its
-# default (10 s) a dead replica process is noticed ~10 s late. 200 ms: a process dying
-# on a remote host (no pidfd there) is rerouted in p99 0.21 s instead of 0.7 s at
-# 500 ms (bench/bench_reroute.py --remote), for ~2.5% of a core more with 4 idle
-# replicas. Must precede any Monarch import, which the imports below perform.
-_os.environ.setdefault("HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY", "200ms")
+# default (10 s) a dead replica process is noticed ~10 s late. Must precede any
+# Monarch import, which the imports below perform.
+_os.environ.setdefault("HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY", "500ms")
 
 from ._actor import ConfiguredActor as ConfiguredActor
 from ._actor import ForgeActor as ForgeActor

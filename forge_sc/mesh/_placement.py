@@ -5,8 +5,10 @@
 Placement is bookkeeping over that list, never a scheduler of ours:
 
 * **Sources.** Worker addresses are attached with Monarch's ``attach_to_workers``, one
-  1-host ``HostMesh`` per address (so one dead address is one dead host, and a worker
-  that comes back at the same address is attached again); a replica spanning several
+  1-host ``HostMesh`` per address (so one dead address is one dead host, and a host
+  that answers again is attached again; a worker *restarted* at the same address is
+  not reliably reachable again from the same client in torchmonarch 0.7, which keeps
+  its broken connection to the old one); a replica spanning several
   hosts gets a fresh ``attach_to_workers`` of exactly its hosts. A ``HostMesh`` (given,
   or a ``JobTrait``'s ``state()``) is flattened to one dimension and sliced per host; a
   replica spanning several hosts takes consecutive ones (a slice).

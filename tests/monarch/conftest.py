@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 # forge_sc sets this too; it must be set before Monarch's native runtime loads.
-os.environ.setdefault("HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY", "200ms")
+os.environ.setdefault("HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY", "500ms")
 
 from collections.abc import AsyncIterator, Iterator
 

@@ -99,6 +99,20 @@ def test_addresses_and_options_are_checked_before_anything_starts() -> None:
         MonarchMesh(workers=["tcp://10.0.0.5:1"], ca=TRUST, attach_timeout=0)
 
 
+def test_remote_workers_need_a_client_they_can_reach() -> None:
+    """This test process is on Monarch's default client transport, a Unix socket: a
+    worker on another machine could not connect back, and says so before attaching."""
+    from forge_sc.mesh._placement import check_client_transport
+
+    if os.environ.get("HYPERACTOR_MESH_DEFAULT_TRANSPORT"):
+        pytest.skip("this process was given a client transport")
+    with pytest.raises(ValueError, match="HYPERACTOR_MESH_DEFAULT_TRANSPORT=tcp://"):
+        check_client_transport(["tcp://10.0.0.5:26600"])
+    with pytest.raises(ValueError, match="TLS transport"):
+        check_client_transport(["tls://127.0.0.1:26600"])
+    check_client_transport(["tcp://127.0.0.1:26600"])  # loopback reaches a Unix socket
+
+
 def test_worker_refuses_every_interface_and_warns_on_plain_tcp() -> None:
     with pytest.raises(ValueError, match="every interface"):
         check_listen_address("tcp://0.0.0.0:26600")
@@ -289,22 +303,24 @@ async def test_partition_ends_like_a_hang(two_hosts: list[Host]) -> None:
 @pytest.mark.anyio
 @pytest.mark.lost_host_calls
 async def test_replica_waits_for_its_host_to_come_back() -> None:
-    """A pool of one host: when it dies the replica waits (recovering) and is placed
-    again once a worker answers at the same address."""
+    """A pool of one host: while it does not answer (its processes stopped), the
+    replica is out and waits; when the host answers again the replica is placed there
+    again, and the processes left on it by the old incarnation end."""
     with hosts(1) as (h,):
         mesh = pool([h], probe_interval=0.5, attach_timeout=2.0, host_wait=60.0)
         async with open_service(Where, mesh=mesh) as svc:
-            _, first = await svc.where.route()
+            old_pid, first = await svc.where.route()
             assert first == h.pid
-            h.kill()
+            h.stop_all()
             await wait_for(lambda: not svc.replicas[0].healthy, timeout=15)
-            with anyio.move_on_after(2):  # no host: it does not come back by itself
+            with anyio.move_on_after(3):  # no host answers: it stays out
                 await wait_for(lambda: svc.replicas[0].healthy, timeout=10)
             assert not svc.replicas[0].healthy
-            h.start()  # a worker at the same address
+            h.cont_all()  # the host answers again
             await wait_for(lambda: svc.replicas[0].healthy, timeout=60)
-            _, now = await svc.where.route()
-            assert now == h.pid != first
+            pid, now = await svc.where.route()
+            assert now == h.pid and pid != old_pid
+            assert wait_until(lambda: not pid_alive(old_pid), timeout=15)
         assert no_replica_processes_left([h])
 
 
