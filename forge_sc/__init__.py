@@ -25,6 +25,8 @@ from ._service import BatcherStatistics as BatcherStatistics
 from ._service import ReplicaMetrics as ReplicaMetrics
 from ._service import Service as Service
 from ._service import ServiceMetrics as ServiceMetrics
+from ._tensors import default_collate as default_collate
+from ._tensors import default_split as default_split
 
 __version__ = "0.1.0"
 
@@ -43,6 +45,8 @@ __all__ = [
     "ServiceConfig",
     "ServiceMetrics",
     "SessionRouter",
+    "default_collate",
+    "default_split",
     "endpoint",
     "open_service",
     "service_endpoint",

@@ -7,7 +7,9 @@ Monarch. An endpoint is a Monarch endpoint that also carries the service-level o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from monarch.actor import Actor as _MonarchActor
@@ -17,12 +19,38 @@ from ._compat import HostedService, shutdown_actor, spawn_actor, start_hosted_se
 from ._options import ActorOptions
 from ._routing import RoundRobinRouter
 from ._spec import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
+from ._tensors import default_collate, default_split, encode_result
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MONARCH_NAMES = frozenset(n for n in dir(_MonarchActor) if not n.startswith("__"))
+
+
+def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What Monarch runs for an endpoint: ``fn``, its result's tensors encoded for the
+    trip back (see :mod:`forge_sc._tensors`; nothing happens without torch). The
+    endpoint spec keeps ``fn`` itself: FakeMesh calls it in-process."""
+    if getattr(fn, "_forge_sc_wire", False):
+        return fn
+    run: Callable[..., Any]
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            return encode_result(await fn(*args, **kwargs))
+
+    elif inspect.isfunction(fn) and not inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return encode_result(fn(*args, **kwargs))
+
+    else:  # generators and other callables: as they are
+        return fn
+    run._forge_sc_wire = True  # type: ignore[attr-defined]
+    return run
 
 
 def _wrap(fn: Callable[..., Any], spec: EndpointSpec) -> Any:
@@ -50,6 +78,8 @@ def service_endpoint(
     batch_size: int = 1,
     batch_timeout: float = 0.01,
     idempotent: bool = True,
+    collate: Callable[[list[Any]], Any] = default_collate,
+    split: Callable[[Any], Sequence[Any]] = default_split,
 ) -> Any:
     """An endpoint with service options.
 
@@ -58,6 +88,13 @@ def service_endpoint(
     (arguments become lists, the endpoint returns a list of the same length).
     ``idempotent=False`` makes the endpoint at-most-once: it is never re-sent after
     it reached a replica.
+
+    Batched endpoints only: ``collate(values)`` turns one parameter's values across
+    a batch into what the endpoint receives, and ``split(result)`` turns its result
+    into one result per call. The defaults (:func:`forge_sc.default_collate`,
+    :func:`forge_sc.default_split`) stack tensors of one shape into one tensor and
+    split a tensor result along its first dimension, as torch's ``default_collate``
+    does; other values travel as lists. ``collate=list`` sends tensors as lists too.
     """
 
     def deco(f: Callable[..., Any]) -> Any:
@@ -69,6 +106,8 @@ def service_endpoint(
                 batch_size=batch_size,
                 batch_timeout=batch_timeout,
                 idempotent=idempotent,
+                collate=collate,
+                split=split,
             ),
         )
 
@@ -97,6 +136,7 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
             if not hasattr(value, SPEC_ATTR):
                 # A plain monarch.actor.endpoint: give it forge_sc's defaults.
                 setattr(value, SPEC_ATTR, make_spec(value._method))
+            value._method = _results_on_wire(value._method)
             if name.startswith("_") or name in RESERVED_NAMES or name in _MONARCH_NAMES:
                 raise TypeError(
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "

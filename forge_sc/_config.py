@@ -54,6 +54,9 @@ class ServiceConfig:
     """
 
     num_replicas: int = attrs.field(default=1, validator=_int_at_least(1))
+    #: Started replicas kept out of rotation; a dead replica's place is taken by one
+    #: at once, and a new spare starts in the background.
+    spare_replicas: int = attrs.field(default=0, validator=_int_at_least(0))
     procs: int = attrs.field(default=1, validator=_int_at_least(1))
     hosts: int | None = attrs.field(default=None, validator=_int_at_least(1, optional=True))
     with_gpus: bool = attrs.field(default=False, validator=_boolean)

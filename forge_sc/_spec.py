@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from ._routing import RoundRobinRouter, RouterFactory, make_router_factory
+from ._tensors import default_collate, default_split
 
 __all__ = ["RESERVED_NAMES", "EndpointSpec", "collect_endpoints", "make_spec"]
 
@@ -47,6 +48,10 @@ class EndpointSpec:
     batch_size: int = 1
     batch_timeout: float = 0.01
     idempotent: bool = True
+    #: Batched endpoints: one parameter's values across a batch -> what the endpoint
+    #: receives; the endpoint's result -> one result per call, in order.
+    collate: Callable[[list[Any]], Any] = default_collate
+    split: Callable[[Any], Sequence[Any]] = default_split
 
     @property
     def batched(self) -> bool:
@@ -60,6 +65,8 @@ def make_spec(
     batch_size: int = 1,
     batch_timeout: float = 0.01,
     idempotent: bool = True,
+    collate: Callable[[list[Any]], Any] = default_collate,
+    split: Callable[[Any], Sequence[Any]] = default_split,
 ) -> EndpointSpec:
     """Validate ``@service_endpoint`` options (bad input fails at decoration)."""
     name = getattr(fn, "__name__", repr(fn))
@@ -74,6 +81,9 @@ def make_spec(
         raise ValueError(f"{where}: batch_timeout must be a number >= 0, got {batch_timeout!r}")
     if not isinstance(idempotent, bool):
         raise ValueError(f"{where}: idempotent must be True or False, got {idempotent!r}")
+    for what, value in (("collate", collate), ("split", split)):
+        if not callable(value):
+            raise TypeError(f"{where}: {what} must be a callable, got {value!r}")
     return EndpointSpec(
         name=name,
         fn=fn,
@@ -81,6 +91,8 @@ def make_spec(
         batch_size=batch_size,
         batch_timeout=float(batch_timeout),
         idempotent=idempotent,
+        collate=collate,
+        split=split,
     )
 
 

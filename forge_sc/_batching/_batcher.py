@@ -70,14 +70,16 @@ class _Item:
 
 
 def merge_one(
-    args: tuple[Any, ...], kwargs: dict[str, Any]
+    spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """One call's arguments as a batch of one."""
-    return tuple([a] for a in args), {k: [v] for k, v in kwargs.items()}
+    """One call's arguments as a batch of one (collated as a batch would be)."""
+    collate = spec.collate
+    return tuple(collate([a]) for a in args), {k: collate([v]) for k, v in kwargs.items()}
 
 
 def split_one(spec: EndpointSpec, result: Any) -> Any:
     """The single result of a batch of one."""
+    result = spec.split(result)
     _check_length(spec, result, 1)
     return result[0]
 
@@ -91,7 +93,8 @@ def _check_length(spec: EndpointSpec, result: Any, n: int) -> None:
         )
         raise BatchResultError(
             f"batched endpoint {spec.name!r} returned {got} for a batch of {n} calls; "
-            f"it must return a list with exactly one result per call, in order"
+            "it must return a list with exactly one result per call, in order (or a "
+            "tensor whose first dimension is the batch: the default split unbinds it)"
         )
 
 
@@ -218,11 +221,14 @@ class Batcher:
         self._items += n
         self._max = max(self._max, n)
         nargs = len(items[0].args)
-        bargs = tuple([i.args[p] for i in items] for p in range(nargs))
-        bkwargs = {k: [i.kwargs[k] for i in items] for k in items[0].kwargs}
+        collate = self._spec.collate
         try:
-            result = await self._svc._request(
-                self._spec, self._router, bargs, bkwargs, None, also=self.calls
+            bargs = tuple(collate([i.args[p] for i in items]) for p in range(nargs))
+            bkwargs = {k: collate([i.kwargs[k] for i in items]) for k in items[0].kwargs}
+            result = self._spec.split(
+                await self._svc._request(
+                    self._spec, self._router, bargs, bkwargs, None, also=self.calls
+                )
             )
             _check_length(self._spec, result, n)
         except anyio.get_cancelled_exc_class():

@@ -5,6 +5,12 @@ watcher) → stop the handle, which interrupts the calls registered with it (the
 back to the service for retry) → back off (exponential, jittered, capped) → spawn
 again, within the restart budget. Stopping is cancelling ``replica._scope``; every
 handle is stopped inside a shielded scope, so a half-built replica is torn down too.
+
+A dead handle is stopped by a task of the supervisor's own (the reaper) while the
+supervisor goes on: the next incarnation starts while the old processes are reaped,
+not after. With warm spares (:mod:`._spares`), the next incarnation is a spare taken
+at once, without backoff (a spare that became ready during a backoff is taken too);
+a promotion counts as a restart, within the same budget.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.abc
 import attrs
 
 from .._config import ServiceConfig
 from ..errors import ServiceFailedError
 from ..mesh._protocol import MeshReplica
 from ._replica import Incarnation, Replica, ReplicaEvents
+from ._spares import Spare, SparePool
 
 __all__ = ["MAX_BACKOFF", "ChildSpec", "supervise"]
 
@@ -40,6 +48,8 @@ class ChildSpec:
     #: True while the service is starting: a first spawn that fails then fails the
     #: service at once (as an OTP supervisor refuses to start) instead of retrying.
     starting: Callable[[], bool]
+    #: Warm spares to promote instead of spawning (``spare_replicas``), if any.
+    spares: SparePool | None = None
 
 
 class ReplicaStopped(Exception):
@@ -52,13 +62,45 @@ class HealthCheckFailed(Exception):
 
 async def supervise(child: ChildSpec, replica: Replica) -> None:
     """Run ``replica`` until its scope is cancelled or its restart budget runs out."""
+    failure: ServiceFailedError | None = None
+    try:
+        async with anyio.create_task_group() as reaper:
+            try:
+                await _incarnations(child, replica, reaper)
+            except ServiceFailedError as exc:
+                # Raised bare once the reaping is done; the service starts closing
+                # meanwhile, and that must not cancel the failure away.
+                failure = exc
+                reaper.cancel_scope.shield = True
+        if failure is not None:
+            raise failure
+    finally:
+        replica._finished()
+
+
+def _take_spare(child: ChildSpec) -> Spare | None:
+    return None if child.spares is None else child.spares.take()
+
+
+async def _incarnations(child: ChildSpec, replica: Replica, reaper: anyio.abc.TaskGroup) -> None:
     config = child.config
     restarts_at: deque[float] = deque()
     first = True
-    try:
-        with replica._scope:
-            while True:
-                inc = Incarnation(child.events, replica)
+    spare: Spare | None = None
+    with replica._scope:
+        while True:
+            inc = Incarnation(child.events, replica)
+            if first and not child.starting():  # a replica added by scaling up
+                spare = _take_spare(child)
+            handle: MeshReplica | None = None
+            if spare is not None:
+                handle = spare.handle
+                spare.relay.target = inc.settle_abandoned
+                promote = getattr(handle, "promote", None)
+                if promote is not None:
+                    promote(replica.idx)
+                spare = None
+            else:
                 try:
                     handle = await child.start(inc)
                 except Exception as exc:
@@ -69,26 +111,38 @@ async def supervise(child: ChildSpec, replica: Replica) -> None:
                             "(constructor arguments, importable module) and retry."
                         ) from exc
                     replica._died(exc)
-                else:
+            if handle is not None:
+                try:
                     await _serve(child, replica, inc, handle)
-                    # The cause, if this escalates: the backend's own account of the
-                    # death is the fullest (a call may have seen it first, tersely).
-                    replica._died(getattr(handle, "death", None) or inc.reason)
-                first = False
-                now = anyio.current_time()
-                while restarts_at and restarts_at[0] <= now - config.restart_window:
-                    restarts_at.popleft()
-                if len(restarts_at) >= config.max_restarts:
-                    replica._exhaust()
-                    child.events._replica_exhausted(replica)
-                    return
+                finally:
+                    if config.with_gpus:  # its GPUs are free only once it stopped
+                        await _reap(handle)
+                    else:
+                        reaper.start_soon(_reap, handle)
+                # The cause, if this escalates: the backend's own account of the
+                # death is the fullest (a call may have seen it first, tersely).
+                replica._died(getattr(handle, "death", None) or inc.reason)
+            first = False
+            now = anyio.current_time()
+            while restarts_at and restarts_at[0] <= now - config.restart_window:
+                restarts_at.popleft()
+            if len(restarts_at) >= config.max_restarts:
+                replica._exhaust()
+                child.events._replica_exhausted(replica)
+                return
+            replica._recovering()
+            spare = _take_spare(child)
+            if spare is None:
                 delay = min(config.restart_backoff * 2 ** len(restarts_at), MAX_BACKOFF)
-                replica._recovering()
                 await anyio.sleep(delay * child.rng.uniform(0.5, 1.0))
-                restarts_at.append(anyio.current_time())
-                replica._restarted()
-    finally:
-        replica._finished()
+                spare = _take_spare(child)  # one may have become ready meanwhile
+            restarts_at.append(anyio.current_time())
+            replica._restarted()
+
+
+async def _reap(handle: MeshReplica) -> None:
+    with anyio.CancelScope(shield=True):
+        await handle.stop()
 
 
 async def _serve(child: ChildSpec, replica: Replica, inc: Incarnation, handle: MeshReplica) -> None:
@@ -107,8 +161,6 @@ async def _serve(child: ChildSpec, replica: Replica, inc: Incarnation, handle: M
             inc.dead.set()
         if replica._fail(inc):
             child.events._replica_died(replica)
-        with anyio.CancelScope(shield=True):
-            await handle.stop()
 
 
 async def _poll_health(config: ServiceConfig, inc: Incarnation, handle: MeshReplica) -> None:

@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 
 from .._metrics import clock
-from .._replica import Incarnation, Replica, supervise
+from .._replica import MAX_BACKOFF, Incarnation, Relay, Replica, SparePool, supervise
 from .._waiters import Waiter
 from ..errors import NoHealthyReplicasError, ServiceFailedError
 from ..mesh._protocol import MeshReplica, SpawnSpec
@@ -47,6 +47,38 @@ class Lifecycle(Admission):
     def _start_incarnation(self, inc: Incarnation) -> Awaitable[MeshReplica]:
         """The child spec's ``start``: spawn one incarnation on the mesh."""
         return self._mesh.spawn(self._spawn_spec(inc.replica, inc))
+
+    # ------------------------------------------------------------ warm spares
+
+    def _make_spares(self) -> SparePool | None:
+        """The pool of ``spare_replicas`` warm spares (None without)."""
+        c = self._config
+        if not c.spare_replicas:
+            return None
+        return SparePool(
+            c.spare_replicas,
+            self._start_spare,
+            backoff=max(c.restart_backoff, 0.01),
+            max_backoff=MAX_BACKOFF,
+            rng=self._rng,
+        )
+
+    def _start_spare(self, relay: Relay) -> Awaitable[MeshReplica]:
+        c = self._config
+        return self._mesh.spawn(
+            SpawnSpec(
+                idx=-1,
+                actor_cls=self._actor_cls,
+                args=self._args,
+                kwargs=self._kwargs,
+                procs=c.procs,
+                hosts=c.hosts,
+                with_gpus=c.with_gpus,
+                return_first_rank_result=c.return_first_rank_result,
+                spare=True,
+                on_abandoned_settled=relay,
+            )
+        )
 
     def _replica_healthy(self, replica: Replica) -> None:
         self._dirty = True
@@ -159,6 +191,8 @@ class Lifecycle(Admission):
                 self._itg = tg
                 for r in self._replicas:
                     tg.start_soon(supervise, self._child, r)
+                if self._spares is not None:
+                    tg.start_soon(self._spares.run)
                 self._start_helpers(tg)
                 task_status.started()
                 await anyio.sleep_forever()

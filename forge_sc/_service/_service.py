@@ -94,12 +94,14 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._session_idx = {}
         self._session_view = MappingProxyType(self._session_idx)
         self._session_router = SessionRouter(LeastLoadedRouter())
+        self._spares = self._make_spares()
         self._child = ChildSpec(
             start=self._start_incarnation,
             events=self,
             config=config,
             rng=self._rng,
             starting=lambda: self._starting,
+            spares=self._spares,
         )
         self._itg = None
         self._batchers = {}

@@ -23,6 +23,11 @@ Contract every backend keeps (the core relies on each point):
   replica died; it never returns for a healthy replica.
 * ``stop`` is idempotent, safe to call on a half-built or dead replica, and is called
   by the core inside a shielded scope.
+* A spawn with ``spare=True`` is a warm spare: it takes no traffic until the core
+  promotes it to serve replica ``idx`` by calling its optional ``promote(idx)``
+  (a backend that files replicas by index, like FakeMesh, files it then); before
+  that its ``idx`` is -1. A spare's ``on_abandoned_settled`` is bound late, to
+  whichever incarnation it becomes.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class SpawnSpec:
     hosts: int | None = None
     with_gpus: bool = False
     return_first_rank_result: bool = True
+    #: A warm spare, kept out of rotation until promoted (see the module docstring).
+    spare: bool = False
     #: Called (on the event loop thread) when a call abandoned by a cancelled caller
     #: finally resolves on the replica. Only backends that detach on cancel call it.
     on_abandoned_settled: Callable[[], None] = _noop
@@ -73,7 +80,8 @@ class MeshReplica(Protocol):
 
     # Optional, not part of the structural check: ``death``, how the replica died as
     # fully as the backend knows it once ``stop()`` returned (None if it did not).
-    # The core quotes it as the escalation cause when present.
+    # The core quotes it as the escalation cause when present. ``promote(idx)``: a
+    # warm spare now serves replica ``idx``.
 
     async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``endpoint`` on this replica and return its result (the first rank's,

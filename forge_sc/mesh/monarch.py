@@ -51,6 +51,9 @@ from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionErr
 from monarch._src.actor.actor_mesh import MethodSpecifier
 from monarch.actor import Actor, ActorError, default_bootstrap_cmd, endpoint, this_host
 
+from .._shm import SegmentPool, new_prefix, sweep
+from .._shm import available as shm_available
+from .._tensors import SHM_PREFIX_ENV, CallEncoding, encode_call, torch_loaded
 from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
@@ -127,8 +130,10 @@ def child_import_path() -> list[str]:
     return paths
 
 
-def _child_env(gpus: tuple[str, ...]) -> dict[str, str]:
+def _child_env(gpus: tuple[str, ...], shm_prefix: str | None = None) -> dict[str, str]:
     env = {"PYTHONPATH": os.pathsep.join(child_import_path())}
+    if shm_prefix:  # large tensor results go through shared memory (forge_sc._tensors)
+        env[SHM_PREFIX_ENV] = shm_prefix
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     return env
@@ -179,7 +184,9 @@ class MonarchReplica:
         "_pool",
         "_post",
         "_procs",
+        "_ranks",
         "_reported",
+        "_shm_pool",
         "_single",
         "_spec",
         "_stop_done",
@@ -196,9 +203,11 @@ class MonarchReplica:
         self._spec = spec
         self._pool = pool
         self._on_stopped = on_stopped
-        self._label = f"replica {spec.idx} ({spec.actor_cls.__name__})"
+        who = "a warm spare" if spec.spare else f"replica {spec.idx}"
+        self._label = f"{who} ({spec.actor_cls.__name__})"
         # Monarch reports a mesh as "<name, lowercased>-<uid>"; the fault hook maps it back.
-        self._name = f"{spec.actor_cls.__name__}_r{spec.idx}_{secrets.token_hex(4)}".lower()
+        tag = "spare" if spec.spare else f"r{spec.idx}"
+        self._name = f"{spec.actor_cls.__name__}_{tag}_{secrets.token_hex(4)}".lower()
         self._first = spec.return_first_rank_result
         self._single = spec.procs == 1 and (spec.hosts or 1) == 1
         self._on_abandoned = spec.on_abandoned_settled
@@ -217,9 +226,17 @@ class MonarchReplica:
         self._watching = False
         # Set when the death is known with how it happened (Monarch's report).
         self._reported = anyio.Event()
+        # Large tensors go through shared memory when the processes are on this host.
+        self._ranks = spec.procs * (spec.hosts or 1)
+        local = (spec.hosts or 1) == 1 and shm_available()
+        self._shm_pool = SegmentPool(new_prefix()) if local else None
 
     def __repr__(self) -> str:
         return f"<MonarchReplica {self._label} mesh={self._name}>"
+
+    def promote(self, idx: int) -> None:
+        """This warm spare now serves replica ``idx`` (its messages say so)."""
+        self._label = f"replica {idx} ({self._spec.actor_cls.__name__})"
 
     @property
     def mesh_name(self) -> str:
@@ -247,7 +264,7 @@ class MonarchReplica:
             self._gpus = await anyio.to_thread.run_sync(
                 self._pool.acquire, spec.procs * hosts, self._label
             )
-        env = _child_env(self._gpus)
+        env = _child_env(self._gpus, self._shm_pool.prefix if self._shm_pool else None)
         _faults.register(self._name, self._on_failure)
         _faults.register(self._name + "_health", self._on_failure)
         # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
@@ -286,6 +303,10 @@ class MonarchReplica:
         of all ranks' results when ``return_first_rank_result`` is false."""
         if self._group.closed:
             raise self._gone()
+        enc = None
+        if torch_loaded():  # else no tensor can be among the arguments
+            enc = CallEncoding(self._shm_pool, self._ranks)
+            args, kwargs = encode_call(args, kwargs, enc)
         ep = getattr(self._actor, endpoint)
         fut = ep.call_one(*args, **kwargs) if self._single else ep.call(*args, **kwargs)
         try:
@@ -294,6 +315,9 @@ class MonarchReplica:
             raise _user_exception(exc) from None
         except SupervisionError as exc:
             raise self._gone(exc) from exc
+        finally:
+            if enc is not None and enc.one_shot:
+                enc.release()
         if self._single:
             return value if self._first else [value]
         if self._first:
@@ -358,6 +382,9 @@ class MonarchReplica:
                 if self._job is not None:
                     await anyio.to_thread.run_sync(self._job.kill)
             finally:
+                if self._shm_pool is not None:  # segments of both sides, even a killed one's
+                    self._shm_pool.close()
+                    sweep(self._shm_pool.prefix)
                 _faults.unregister(self._name)
                 _faults.unregister(self._name + "_health")
                 for fd in self._pidfds.values():

@@ -225,6 +225,13 @@ class FakeReplica:
         self._stopped.set()
         await anyio.lowlevel.checkpoint()
 
+    def promote(self, idx: int) -> None:
+        """This warm spare now serves replica ``idx``: faults by index reach it."""
+        self._mesh._spares.discard(self)
+        self._idx = idx
+        self._mesh._current[idx] = self
+        self.refresh()
+
     def refresh(self) -> None:
         """Recompute whether calls may take the hot path."""
         self._fast = (
@@ -289,6 +296,7 @@ class FakeMesh:
         self._slow: dict[int, float] = {}
         self._deliver = _Deliver()
         self._in_use = False
+        self._spares: set[FakeReplica] = set()  # warm spares not yet promoted
 
     def __repr__(self) -> str:
         return f"FakeMesh(seed={self.seed!r})"
@@ -302,7 +310,7 @@ class FakeMesh:
             yield
         finally:
             self._in_use = False
-            for replica in self._current.values():
+            for replica in [*self._current.values(), *self._spares]:
                 replica._end(_Life.STOPPED)
 
     async def spawn(self, spec: SpawnSpec) -> FakeReplica:
@@ -318,7 +326,10 @@ class FakeMesh:
             raise InjectedSpawnFailure(f"spawn of replica {idx} failed (injected by fail_spawns)")
         ranks = [spec.actor_cls(*spec.args, **spec.kwargs) for _ in range(spec.procs)]
         replica = FakeReplica(self, spec, ranks)
-        self._current[idx] = replica
+        if spec.spare:  # filed under an index once promoted (FakeReplica.promote)
+            self._spares.add(replica)
+        else:
+            self._current[idx] = replica
         return replica
 
     # ---------------------------------------------------------------- faults
