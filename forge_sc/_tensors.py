@@ -203,7 +203,7 @@ class _Wire:
         del dst
         if one_shot:
             enc.one_shot.append(seg.name)
-            seg.drop()  # the sender keeps only the name, to remove it
+            seg.mm.close()  # the sender keeps only the name, to remove it
         return (_from_segment, (seg.name, name, shape, nbytes, grad))
 
 

@@ -264,7 +264,7 @@ class MonarchReplica:
             self._gpus = await anyio.to_thread.run_sync(
                 self._pool.acquire, spec.procs * hosts, self._label
             )
-        env = _child_env(self._gpus, self._shm_pool.prefix if self._shm_pool else None)
+        env = _child_env(self._gpus, None if self._shm_pool is None else self._shm_pool.prefix)
         _faults.register(self._name, self._on_failure)
         _faults.register(self._name + "_health", self._on_failure)
         # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
