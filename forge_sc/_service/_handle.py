@@ -42,13 +42,16 @@ class ServiceEndpoint:
     """One endpoint of a service. ``route`` sends to one replica chosen by the
     endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
 
-    __slots__ = ("_batcher", "_spec", "_svc", "router")
+    __slots__ = ("_batched", "_batcher", "_request", "_spec", "_svc", "router")
 
     def __init__(self, svc: Dispatcher, spec: EndpointSpec) -> None:
         self._svc = svc
         self._spec = spec
         self.router: Router = spec.router()
         self._batcher: Batcher | None = None
+        # Bound once: the hot path of route() reads two slots instead.
+        self._batched = spec.batch_size > 1
+        self._request = svc._request
 
     def _bind(self, batcher: Batcher) -> None:
         """Give a batched endpoint its batcher (made when the service starts)."""
@@ -74,20 +77,19 @@ class ServiceEndpoint:
         def`` wrapping it: one coroutine frame less for every resume of every
         request.)
         """
-        svc = self._svc
         if sess_id is None:
             current = CURRENT_SESSIONS.get(None)
             if current is not None:
-                sess_id = current.get(svc)
-        spec = self._spec
-        if spec.batch_size > 1:
+                sess_id = current.get(self._svc)
+        if self._batched:
+            spec = self._spec
             if sess_id is None:
                 batcher = self._batcher
                 if batcher is None:
                     raise RuntimeError(f"{spec.name}: the service was never started")
                 return batcher.submit(args, kwargs)
-            return _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
-        return svc._request(spec, self.router, args, kwargs, sess_id)
+            return _batch_of_one(self._svc, spec, self.router, args, kwargs, sess_id)
+        return self._request(self._spec, self.router, args, kwargs, sess_id)
 
     async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
         """Run the endpoint on every replica healthy now, concurrently; return the

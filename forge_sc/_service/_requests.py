@@ -61,8 +61,9 @@ class Requests(Admission):
                     replica, waited = await self._session_replica(sess_id, waited)
                 inc = replica._inc
                 assert inc is not None  # a replica with a free slot has a live incarnation
-                inc.active += 1
-                if inc.active >= self._cap:
+                active = inc.active + 1
+                inc.active = active
+                if active >= self._cap:
                     self._dirty = True
                 attempts += 1
                 try:
@@ -103,15 +104,16 @@ class Requests(Admission):
                             also.record(now, now - t0, False)
                         counted = True
                     raise
-                inc.active -= 1  # (_release, inlined)
-                if inc.active == self._cap - 1:
+                active = inc.active - 1  # (_release, inlined)
+                inc.active = active
+                if active == self._cap - 1:
                     self._dirty = True
                 if self._waiters or replica._waiters:
                     self._slot_freed(replica)
                 now = clock()
-                replica._rec.record(now, now - t0, True)
+                replica._rec.ok(now, now - t0)
                 if also is not None:
-                    also.record(now, now - t0, True)
+                    also.ok(now, now - t0)
                 return result
         except ServiceError:
             if not counted:
