@@ -10,16 +10,22 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
-from ._compat import HostedService, shutdown_actor, spawn_actor, start_hosted_service
 from ._options import ActorOptions
 from ._routing import RoundRobinRouter
 from ._spec import RESERVED_NAMES, SPEC_ATTR, EndpointSpec, make_spec
 from ._tensors import default_collate, default_split, encode_result
+
+if TYPE_CHECKING:
+    from ._compat import HostedService
+
+# The TorchForge layer (``_compat``: open_service, anyio, trio) is imported when one
+# of its methods is first used: a replica's process imports this module through the
+# user's actor class and needs none of it (a tenth of a second less per process).
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
@@ -167,6 +173,8 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
     @classmethod
     async def shutdown(cls, actor: Any) -> None:
         """Stop an actor mesh made by :meth:`as_actor` and its processes."""
+        from ._compat import shutdown_actor
+
         await shutdown_actor(actor)
 
 
@@ -184,8 +192,12 @@ class ConfiguredActor(ActorOptions):
         The service's task group lives in a dedicated host (see
         :mod:`forge_sc._compat`); prefer ``async with open_service(...)``.
         """
+        from ._compat import start_hosted_service
+
         return await start_hosted_service(self, args, kwargs)
 
     async def as_actor(self, *args: Any, **kwargs: Any) -> Any:
         """Spawn the actor on ``procs`` new processes and return the Monarch actor mesh."""
+        from ._compat import spawn_actor
+
         return await spawn_actor(self, args, kwargs)

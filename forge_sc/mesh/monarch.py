@@ -49,7 +49,7 @@ from typing import Any, cast
 import anyio
 from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionError
 from monarch._src.actor.actor_mesh import MethodSpecifier
-from monarch.actor import Actor, ActorError, default_bootstrap_cmd, endpoint, this_host
+from monarch.actor import ActorError, default_bootstrap_cmd, this_host
 
 from .._shm import SegmentPool, new_prefix, sweep
 from .._shm import available as shm_available
@@ -57,6 +57,7 @@ from .._tensors import SHM_PREFIX_ENV, CallEncoding, encode_call, torch_loaded
 from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
+from ._health import Health as _Health
 from ._protocol import ReplicaGone, SpawnSpec
 
 __all__ = ["MonarchMesh", "MonarchReplica", "ReplicaStartError", "child_import_path"]
@@ -68,18 +69,6 @@ class ReplicaStartError(RuntimeError):
     """A replica's processes or actor could not be started. The message carries
     Monarch's report: the constructor's traceback, the import error, or how the
     process exited."""
-
-
-class _Health(Actor):  # type: ignore[misc]
-    """Answers pings beside the user's actor, so a busy actor is not taken for dead."""
-
-    @endpoint  # type: ignore[untyped-decorator]
-    async def ping(self) -> None:
-        return None
-
-    @endpoint  # type: ignore[untyped-decorator]
-    async def pid(self) -> int:
-        return os.getpid()
 
 
 def _open_pidfd(pid: int) -> int | None:
