@@ -32,6 +32,11 @@ def ours() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith(prefix)}
 
 
+def made_by_replicas() -> set[str]:
+    """Segments the replicas' processes wrote (their results): named with their pid."""
+    return {f for f in ours() if f.rsplit("-", 2)[-2] != str(os.getpid())}
+
+
 def same(a: Any, b: Any) -> None:
     assert type(b) is torch.Tensor and a.dtype == b.dtype and a.shape == b.shape
     assert torch.equal(a, b)
@@ -61,7 +66,8 @@ async def test_tensors_round_trip_exactly_through_a_replica() -> None:
         assert await svc.total.route(cases[8]) == pytest.approx(float(cases[8].double().sum()))
         made = await svc.make.route(BIG)
         same(torch.arange(BIG, dtype=torch.float32), made)
-        assert ours()  # segments are kept for reuse while the replica lives
+        assert made_by_replicas()  # a large result came back through shared memory
+        assert ours() - made_by_replicas()  # ... and a large argument went out through it
         del out, made
         gc.collect()
         for _ in range(8):  # 16 large transfers: segments are reused, not made per call
