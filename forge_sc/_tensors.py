@@ -22,7 +22,8 @@ Every dtype is eligible (bool, ints, uints, floats, bfloat16, float8, complex).
 A non-contiguous tensor arrives contiguous with the same values and shape (its
 strides and storage offset are not kept, nor storage shared between views). Anything
 else (GPU tensors, sparse, subclasses, tensors nested deeper than
-``MAX_DEPTH`` containers or in objects other than tuples, lists and dicts) is left
+``MAX_DEPTH`` containers, inside a list longer than 16 whose ends are neither
+tensors nor containers, or in objects other than tuples, lists and dicts) is left
 to Monarch's own pickling, as before (Monarch loads tensors with
 ``map_location="cpu"``: a GPU tensor arrives on the CPU).
 """
@@ -60,6 +61,8 @@ MAX_DEPTH = 4
 SHM_PREFIX_ENV = "FORGE_SC_SHM_PREFIX"
 
 _CONTAINERS = (tuple, list, dict)
+#: A tuple or list longer than this is searched through its two ends only.
+_SAMPLE_ABOVE = 16
 
 
 def torch_loaded() -> bool:
@@ -239,7 +242,7 @@ def _from_segment(segment: str, dtype: str, shape: tuple[int, ...], nbytes: int,
 def _eligible(t: _Torch, x: Any) -> bool:
     return (
         type(x) is t.Tensor
-        and x.device.type == "cpu"
+        and x.is_cpu
         and x.layout is t.strided
         and not x.is_quantized
         and not x.is_conj()
@@ -256,13 +259,17 @@ def _walk(t: _Torch, x: Any, enc: CallEncoding | None, depth: int) -> Any:
     if depth >= MAX_DEPTH or kind not in _CONTAINERS:
         return x
     if kind is dict:
-        values = x.values()
-        if not _may_hold(t, values):
+        if not _may_hold(t, x):
             return x
         out = {k: _walk(t, v, enc, depth + 1) for k, v in x.items()}
         changed = any(out[k] is not v for k, v in x.items())
         return out if changed else x
-    if not _may_hold(t, x):
+    if len(x) > _SAMPLE_ABOVE:
+        # A long sequence is taken as homogeneous: its ends tell (see _may_hold).
+        first, last = x[0], x[-1]
+        if _walk(t, first, enc, depth + 1) is first and _walk(t, last, enc, depth + 1) is last:
+            return x
+    elif not _may_hold(t, x):
         return x
     items = [_walk(t, v, enc, depth + 1) for v in x]
     if all(a is b for a, b in zip(items, x, strict=True)):
@@ -271,7 +278,13 @@ def _walk(t: _Torch, x: Any, enc: CallEncoding | None, depth: int) -> Any:
 
 
 def _may_hold(t: _Torch, values: Any) -> bool:
-    """Whether ``values`` hold a tensor or a container (one C-level pass)."""
+    """Whether the values of a dict or a short tuple or list hold a tensor or a
+    container (one C-level pass). A long sequence is judged by its two ends instead
+    (see _walk): a batch of 32 rows of 64 floats must not cost 2,000 type checks.
+    Missing a tensor is never wrong: it then travels by Monarch's own pickling, only
+    slower."""
+    if isinstance(values, dict):
+        values = values.values()
     kinds = set(map(type, values))
     return not kinds.isdisjoint(_CONTAINERS) or t.Tensor in kinds
 
