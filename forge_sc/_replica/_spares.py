@@ -48,7 +48,7 @@ class Relay:
 class Spare:
     """A started replica waiting out of rotation."""
 
-    __slots__ = ("done", "handle", "relay", "taken")
+    __slots__ = ("done", "handle", "relay", "released", "taken")
 
     def __init__(self, handle: MeshReplica, relay: Relay) -> None:
         self.handle = handle
@@ -56,6 +56,10 @@ class Spare:
         self.taken = False
         #: Set when it was taken or died: its keeper moves on.
         self.done = anyio.Event()
+        #: Set when its keeper no longer watches it: only then may the taker call
+        #: ``wait_dead`` (a backend may watch a replica from one task at a time, as
+        #: MonarchMesh's pidfd watcher does).
+        self.released = anyio.Event()
 
 
 class SparePool:
@@ -137,3 +141,4 @@ class SparePool:
                     self._ready.remove(spare)
                 with anyio.CancelScope(shield=True):
                     await spare.handle.stop()
+            spare.released.set()
