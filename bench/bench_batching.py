@@ -58,6 +58,8 @@ class MLP(ForgeActor):
         # usually has) arrive as a list of lists.
         if isinstance(xs, self.torch.Tensor):
             return xs
+        if isinstance(xs[0], self.torch.Tensor):  # rows collated as a list
+            return self.torch.stack(xs)
         return self.torch.tensor(xs)
 
     @service_endpoint(router=LeastLoadedRouter)

@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         restart_backoff=0.05,
         restart_window=1.0,  # kills of one replica are further apart: no growing backoff
         max_restarts=10 * args.kills + 10,
-        spare_replicas=args.spares,
+        **({"spare_replicas": args.spares} if args.spares else {}),
     ) as svc:
 
         async def sample() -> None:

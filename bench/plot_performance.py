@@ -1,12 +1,12 @@
 """The plots of docs/performance.md, made from the benches' ``--json`` files.
 
-    python bench/plot_performance.py [--data docs/perf] [--out docs]
+    python bench/plot_performance.py [--data docs/perf] [--run 1] [--out docs]
 
-Reads (each optional) from ``--data``: ``reroute_spares.json`` and
-``reroute_nospares.json`` (bench_reroute.py), ``batching_monarch.json``
-(bench_batching.py --sizes ... --payload list tensor) and ``payload.json``
-(bench_payload.py); writes ``perf_reroute.png``, ``perf_batching.png`` and
-``perf_payload.png`` to ``--out``. Needs matplotlib.
+Reads (each optional) from ``--data``, for run ``--run N``: ``reroute_spares_N.json``
+and ``reroute_nospares_N.json`` (bench_reroute.py --json), ``batching_monarch_N.json``
+(bench_batching.py --sizes ... --payload list tensor --json) and ``payload_N.json``
+(bench_payload.py --json); writes ``perf_reroute.png``, ``perf_batching.png`` and
+``perf_payload.png`` to ``--out``. Needs matplotlib (``pip install -e '.[plot]'``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ def load(path: str) -> Any:
         return json.load(f)
 
 
-def reroute(data: str, out: str) -> None:
+def reroute(data: str, out: str, run: int) -> None:
     runs = [
-        (name, load(os.path.join(data, f"reroute_{name}.json"))) for name in ("nospares", "spares")
+        (name, load(os.path.join(data, f"reroute_{name}_{run}.json")))
+        for name in ("nospares", "spares")
     ]
     runs = [(n, d) for n, d in runs if d is not None]
     if not runs:
@@ -56,11 +57,13 @@ def reroute(data: str, out: str) -> None:
                 ax.axvline(k - lo, color="red", ls="--", lw=1)
         ax2 = ax.twinx()
         rate_t, rate = [], []
-        for a, b in itertools.pairwise(pts):
+        step = 10  # samples of 5 ms: the rate over 50 ms windows
+        for a, b in itertools.pairwise(pts[::step]):
             if b[0] > a[0]:
                 rate_t.append(b[0] - lo)
                 rate.append((b[3] - a[3]) / (b[0] - a[0]))
-        ax2.plot(rate_t, rate, color="gray", lw=0.6, alpha=0.6)
+        ax2.plot(rate_t, rate, color="gray", lw=0.8, alpha=0.7)
+        ax2.set_ylim(0, max(rate, default=1) * 1.3)
         ax2.set_ylabel("answered / s", color="gray")
         ax.set_ylim(0, d["args"]["replicas"] + 1.5)
         ax.set_ylabel("replicas")
@@ -76,8 +79,8 @@ def reroute(data: str, out: str) -> None:
     plt.close(fig)
 
 
-def batching(data: str, out: str) -> None:
-    d = load(os.path.join(data, "batching_monarch.json"))
+def batching(data: str, out: str, run: int) -> None:
+    d = load(os.path.join(data, f"batching_monarch_{run}.json"))
     if d is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -101,8 +104,8 @@ def batching(data: str, out: str) -> None:
     plt.close(fig)
 
 
-def payload(data: str, out: str) -> None:
-    d = load(os.path.join(data, "payload.json"))
+def payload(data: str, out: str, run: int) -> None:
+    d = load(os.path.join(data, f"payload_{run}.json"))
     if d is None:
         return
     backend = next(k for k in d if isinstance(d[k], dict) and "forge_sc" in d[k])
@@ -129,11 +132,12 @@ def payload(data: str, out: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="docs/perf")
+    p.add_argument("--run", type=int, default=1)
     p.add_argument("--out", default="docs")
     a = p.parse_args()
-    reroute(a.data, a.out)
-    batching(a.data, a.out)
-    payload(a.data, a.out)
+    reroute(a.data, a.out, a.run)
+    batching(a.data, a.out, a.run)
+    payload(a.data, a.out, a.run)
 
 
 if __name__ == "__main__":
