@@ -170,6 +170,13 @@ class _Wire:
         self.tensor = tensor
         self.enc = enc
 
+    def __reduce_ex__(self, protocol: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        reduced = self.__reduce__()
+        if isinstance(protocol, int) and protocol < 5 and reduced[0] is _from_bytes:
+            name, shape, data, grad = reduced[1]  # no PickleBuffer before protocol 5
+            return (_from_bytes, (name, shape, bytes(data.raw()) if data else b"", grad))
+        return reduced
+
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         t = _t()
         x = self.tensor

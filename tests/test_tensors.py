@@ -78,6 +78,13 @@ def test_tensors_round_trip_exactly(i: int) -> None:
     assert y.is_contiguous()
 
 
+def test_older_pickle_protocols_work_too() -> None:
+    x = torch.randn(3, 4).t()
+    args, _ = _tensors.encode_call((x,), {}, None)
+    for protocol in (2, 4):
+        same(x, pickle.loads(pickle.dumps(args, protocol=protocol))[0])
+
+
 def test_nested_tensors_and_others_round_trip() -> None:
     x, y = torch.randn(3), torch.arange(4)
     value = {"a": [x, 1, "s"], "b": (y, {"c": x}), "n": None}
