@@ -14,7 +14,7 @@ import pytest
 
 from forge_sc import ForgeActor, ServiceConfig, endpoint, open_service
 from forge_sc.errors import ServiceFailedError
-from forge_sc.mesh import SpawnSpec
+from forge_sc.mesh import ReplicaGone, SpawnSpec
 from forge_sc.testing import FakeMesh
 
 from .conftest import wait_for
@@ -221,3 +221,57 @@ async def test_the_replacement_starts_while_the_dead_replica_is_reaped(spares: i
             assert await svc.me.route() == id(mesh.actor(0))
         finally:
             mesh.release.set()
+
+
+class SparesMesh(FakeMesh):
+    """A FakeMesh that keeps the spares it spawned (to make one fail) and counts stops."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=1)
+        self.spares: list[Any] = []
+        self.stopped: list[Any] = []
+
+    async def spawn(self, spec: SpawnSpec) -> Any:
+        replica = await super().spawn(spec)
+        if spec.spare:
+            self.spares.append(replica)
+        stop = replica.stop
+
+        async def counted_stop() -> None:
+            self.stopped.append(replica)
+            await stop()
+
+        replica.stop = counted_stop
+        return replica
+
+
+@pytest.mark.parametrize("failure", ["dead", "hung"])
+async def test_a_spare_that_fails_while_it_waits_is_replaced(failure: str) -> None:
+    mesh = SparesMesh()
+    async with open_service(
+        Who,
+        num_replicas=1,
+        spare_replicas=1,
+        health_poll_rate=0.01,
+        health_timeout=0.05,
+        mesh=mesh,
+    ) as svc:
+        await _ready(svc)
+        (first,) = mesh.spares
+
+        async def dead() -> None:
+            raise ReplicaGone("the spare's process died")
+
+        async def hung() -> None:
+            await anyio.sleep_forever()
+
+        first.ping = dead if failure == "dead" else hung
+        await wait_for(lambda: svc.statistics().spares_started == 2, timeout=5)
+        await _ready(svc)
+        assert first in mesh.stopped
+        # The replicas in rotation were not touched; the new spare is promoted on a crash.
+        assert svc.replicas[0].restarts == 0
+        old = mesh.actor(0)
+        mesh.crash(0)
+        await wait_for(lambda: svc.replicas[0].healthy and mesh.actor(0) is not old)
+        assert mesh.spawn_count(0) == 1  # served by the new spare

@@ -8,8 +8,12 @@ sessions and metrics see the same replica), while the dead one is stopped in the
 background and a new spare starts.
 
 One keeper task per spare slot owns the spare it started until a supervisor takes it
-(then the supervisor owns it, as any incarnation) or it dies (then the keeper stops
-it and starts another). A spare that cannot be started is retried with the restart
+(then the supervisor owns it, as any incarnation) or it fails a health check (then the
+keeper stops it and starts another). The keeper pings its spare every
+``health_poll_rate`` (a ping slower than ``health_timeout`` is a failure, so a hung
+spare is replaced too) rather than waiting on ``wait_dead``: the supervisor that takes
+the spare calls ``wait_dead`` at once, and a backend may watch a replica's death from
+one task at a time. A spare that cannot be started is retried with the restart
 backoff, capped; a spare's death or failure never touches the replicas in rotation.
 """
 
@@ -48,18 +52,14 @@ class Relay:
 class Spare:
     """A started replica waiting out of rotation."""
 
-    __slots__ = ("done", "handle", "relay", "released", "taken")
+    __slots__ = ("done", "handle", "relay", "taken")
 
     def __init__(self, handle: MeshReplica, relay: Relay) -> None:
         self.handle = handle
         self.relay = relay
         self.taken = False
-        #: Set when it was taken or died: its keeper moves on.
+        #: Set when it was taken or failed: its keeper moves on.
         self.done = anyio.Event()
-        #: Set when its keeper no longer watches it: only then may the taker call
-        #: ``wait_dead`` (a backend may watch a replica from one task at a time, as
-        #: MonarchMesh's pidfd watcher does).
-        self.released = anyio.Event()
 
 
 class SparePool:
@@ -73,12 +73,16 @@ class SparePool:
         backoff: float,
         max_backoff: float,
         rng: random.Random,
+        poll: float,
+        timeout: float,
     ) -> None:
         self.size = size
         self._start = start
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._rng = rng
+        self._poll = poll
+        self._timeout = timeout
         self._ready: deque[Spare] = deque()
         #: Spares started since the service started (for statistics and tests).
         self.started = 0
@@ -122,23 +126,25 @@ class SparePool:
             await self._hold(Spare(handle, relay))
 
     async def _hold(self, spare: Spare) -> None:
-        """Offer ``spare`` until it is taken, or stop it when it dies or the pool
-        is cancelled."""
+        """Offer ``spare`` until it is taken; stop it when it fails a health check
+        or the pool is cancelled."""
         self._ready.append(spare)
-
-        async def watch() -> None:
-            await spare.handle.wait_dead()
-            spare.done.set()
-
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
-                await spare.done.wait()
-                tg.cancel_scope.cancel()
+            while not spare.done.is_set():
+                with anyio.move_on_after(self._poll):
+                    await spare.done.wait()
+                if spare.done.is_set():
+                    break
+                try:
+                    with anyio.fail_after(self._timeout):
+                        await spare.handle.ping()
+                except Exception as exc:  # dead (ReplicaGone), hung (TimeoutError), ...
+                    if not spare.taken:
+                        log.warning("forge_sc: a warm spare failed (%r); replacing it", exc)
+                        spare.done.set()
         finally:
             if not spare.taken:
                 if spare in self._ready:
                     self._ready.remove(spare)
                 with anyio.CancelScope(shield=True):
                     await spare.handle.stop()
-            spare.released.set()

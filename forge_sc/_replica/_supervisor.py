@@ -93,10 +93,8 @@ async def _incarnations(child: ChildSpec, replica: Replica, reaper: anyio.abc.Ta
             if first and not child.starting():  # a replica added by scaling up
                 spare = _take_spare(child)
             handle: MeshReplica | None = None
-            released: anyio.Event | None = None
             if spare is not None:
                 handle = spare.handle
-                released = spare.released
                 spare.relay.target = inc.settle_abandoned
                 promote = getattr(handle, "promote", None)
                 if promote is not None:
@@ -115,8 +113,6 @@ async def _incarnations(child: ChildSpec, replica: Replica, reaper: anyio.abc.Ta
                     replica._died(exc)
             if handle is not None:
                 try:
-                    if released is not None:
-                        await released.wait()  # its keeper no longer watches it
                     await _serve(child, replica, inc, handle)
                 finally:
                     if config.with_gpus:  # its GPUs are free only once it stopped

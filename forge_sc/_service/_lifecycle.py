@@ -61,6 +61,8 @@ class Lifecycle(Admission):
             backoff=max(c.restart_backoff, 0.01),
             max_backoff=MAX_BACKOFF,
             rng=self._rng,
+            poll=c.health_poll_rate,
+            timeout=c.health_timeout,
         )
 
     def _start_spare(self, relay: Relay) -> Awaitable[MeshReplica]:
