@@ -197,3 +197,5 @@ def hosts(n: int) -> Iterator[list[Host]]:
             with contextlib.suppress(Exception):
                 host.cont_all()
             host.kill()  # raises if a process of the host survives
+            with contextlib.suppress(OSError):
+                os.unlink(host.log)
