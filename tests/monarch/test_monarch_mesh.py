@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from forge_sc.mesh import GpuPool, MeshReplica, NotEnoughGpusError, ReplicaGone
+from forge_sc.mesh import _faults as faults_mod
 from forge_sc.mesh import monarch as monarch_mod
 from forge_sc.mesh._bridge import pending_relays
 from forge_sc.mesh.monarch import MonarchMesh, ReplicaStartError
@@ -112,49 +113,52 @@ async def test_sync_actor(mesh: MonarchMesh) -> None:
         await replica.stop()
 
 
-@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "fault-hook-only"])
-async def test_sigkill_from_outside_is_noticed_fast(
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd-only", "fault-hook-only"])
+async def test_sigkill_from_outside_is_noticed(
     mesh: MonarchMesh, pidfd: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Noticed by the process's pidfd (milliseconds), or, where there is none, by
-    Monarch's fault hook (0.1-0.5 s with the 500 ms supervision poll)."""
-    if not pidfd:
+    """Each of the two detection paths notices a SIGKILL on its own: the process's
+    pidfd with Monarch's fault hook cut off, or the fault hook with no pidfd. How
+    fast each is, is a figure of ``bench/bench_reroute.py``, not a margin here (under
+    load Monarch's report can take seconds)."""
+    if pidfd:
+        monkeypatch.setattr(faults_mod, "register", lambda name, listener: None)
+    else:
         monkeypatch.setattr(monarch_mod, "_open_pidfd", lambda pid: None)
     replica = await spawn(mesh, Worker)
     assert bool(replica._pidfds) is pidfd
     pid = await replica.call("pid", (), {})
     failures: list[BaseException] = []
-    failed_at: list[float] = []
 
     async def in_flight() -> None:
         try:
-            await replica.call("nap", (30,), {})
+            # Far longer than the bound below: only the death can end it in time.
+            await replica.call("nap", (60,), {})
         except ReplicaGone as exc:
-            failed_at.append(time.monotonic())
             failures.append(exc)
 
     try:
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(in_flight)
                 await anyio.sleep(0.1)  # let the call reach the actor
-                killed_at = time.monotonic()
                 os.kill(pid, signal.SIGKILL)
                 reason = await replica.wait_dead()
-                dead_at = time.monotonic()
         assert isinstance(reason, ReplicaGone)
         assert "died" in str(reason)
-        # pidfd: measured 1-20 ms; the hook alone: 0.1-0.5 s.
-        assert dead_at - killed_at < (0.5 if pidfd else 1.0)
-        assert len(failures) == 1 and failed_at[0] - killed_at < 1.0
+        assert len(failures) == 1  # the in-flight call failed; it did not hang
         with pytest.raises(ReplicaGone):
             await replica.call("value", (), {})
         with pytest.raises(ReplicaGone):
             await replica.ping()
         await replica.stop()
         assert replica.death is reason
-        # How it ended: read from the pidfd, or Monarch's report ("Killed(sig=9)").
-        assert "sig=9" in str(reason) or "signal 9" in str(reason)
+        if pidfd:
+            # Which process; how it ended only if Monarch had not reaped it yet (that
+            # status comes with Monarch's report, cut off here).
+            assert f"process {pid}" in str(reason)
+        else:
+            assert "sig=9" in str(reason)  # Monarch's report: "Killed(sig=9)"
     finally:
         await replica.stop()
 
