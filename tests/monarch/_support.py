@@ -60,3 +60,9 @@ async def spawn(
     """Spawn one replica with ``SpawnSpec`` options; ``kwargs=`` goes to the actor."""
     spec = SpawnSpec(actor_cls=actor_cls, args=args, **{"idx": 0, **options})
     return await mesh.spawn(spec)
+
+
+#: ``health_timeout`` for tests that count restarts exactly but do not test the health
+#: probe: with both cores busy a ping can take over the default 1 s, and the probe then
+#: (rightly) restarts a healthy replica, which those counts do not expect.
+STEADY_HEALTH_TIMEOUT = 30.0
