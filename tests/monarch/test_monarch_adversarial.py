@@ -21,7 +21,7 @@ from forge_sc.mesh.monarch import STOP_GRACE, MonarchMesh
 from ..adversarial.mesh_actors import BASE_EXCEPTIONS, InitBoom, Poison, Reader
 from ..adversarial.mesh_cases import CASES, Case, run_case
 from ..conftest import wait_for
-from ._support import STEADY_HEALTH_TIMEOUT, live_descendants, pid_alive, spawn
+from ._support import STEADY_HEALTH_TIMEOUT, live_descendants, pid_alive, proc_stat, spawn
 from .service_actors import SlowInit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
@@ -155,9 +155,8 @@ async def test_a_sigstopped_replica_is_replaced_and_the_service_closes_in_time()
 
 
 def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2 :].split()[0] == "T"
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] == "T"
 
 
 @pytest.mark.parametrize("when", ["in its constructor", "before it answers anything"])
