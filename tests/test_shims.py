@@ -96,3 +96,21 @@ def test_trio_attempt_abort_interrupts_a_blocked_task() -> None:
 
     trio.run(main)
     assert seen == ["interrupted"]
+
+
+def test_monarch_endpoint_descriptor_function_can_be_replaced() -> None:
+    # forge_sc wraps an endpoint's function to encode tensor results on the replica.
+    class Probe(Actor):  # type: ignore[misc]
+        @endpoint  # type: ignore[untyped-decorator]
+        async def ping(self, x: int) -> int:
+            return x
+
+    value = vars(Probe)["ping"]
+
+    async def wrapped(self: Any, x: int) -> int:
+        return x
+
+    _monarch.set_endpoint_method(value, wrapped)
+    assert _monarch.endpoint_method(value) is wrapped
+    with pytest.raises(TypeError):
+        _monarch.set_endpoint_method(lambda: None, wrapped)

@@ -39,6 +39,8 @@ import attrs
 from monarch._src.actor.actor_mesh import _actor_kind
 from monarch._src.actor.endpoint import EndpointProperty
 
+from .._tensors import WIRE_ATTR
+
 __all__ = ["EndpointInfo", "Kind", "check_actor_kind", "endpoint_kinds"]
 
 #: The attribute Monarch sets on the wrapper of a ``concurrent_endpoint``.
@@ -106,6 +108,10 @@ def _endpoint_properties(actor_cls: type[Any]) -> dict[str, Any]:
 
 def _info(name: str, prop: Any) -> EndpointInfo:
     method = prop._method
+    if getattr(method, WIRE_ATTR, False):
+        # A ForgeActor's endpoint as Monarch runs it (its result's tensors encoded
+        # for the wire); the kind, and what FakeMesh calls, are the user's own.
+        method = method.__wrapped__
     explicit = bool(getattr(prop, "_explicit_response_port", False))
     if getattr(method, CONCURRENT_MARKER, False):
         user = inspect.unwrap(method)
