@@ -73,6 +73,26 @@ async def test_a_crashed_replica_is_replaced_by_a_spare_at_once() -> None:
         assert stats.healthy_replicas == stats.total_replicas == 2
 
 
+async def test_spares_are_out_of_rotation_and_not_counted_as_replicas() -> None:
+    mesh = SparesMesh()
+    async with open_service(Who, num_replicas=2, spare_replicas=2, mesh=mesh) as svc:
+        await _ready(svc, 2)
+        for _ in range(20):
+            await svc.me.route()
+        assert await svc.me.fanout() == [id(mesh.actor(0)), id(mesh.actor(1))]
+        assert [s._actor.calls for s in mesh.spares] == [0, 0]  # no traffic reached them
+        # svc.replicas, statistics() and the summary count the replicas in rotation
+        # only; the spares have figures of their own.
+        assert [r.idx for r in svc.replicas] == [0, 1]
+        stats = svc.statistics()
+        assert (stats.total_replicas, stats.healthy_replicas) == (2, 2)
+        assert (stats.ready_spares, stats.spares_started) == (2, 2)
+        assert [r.idx for r in stats.replicas] == [0, 1]
+        service = svc.get_metrics_summary()["service"]
+        assert (service["total_replicas"], service["healthy_replicas"]) == (2, 2)
+        assert sorted(svc.get_metrics_summary()["replicas"]) == [0, 1]
+
+
 async def test_a_hung_replica_is_replaced_by_a_spare() -> None:
     mesh = FakeMesh(seed=1, spawn_delay=SPAWN)
     async with open_service(
@@ -217,7 +237,10 @@ async def test_the_replacement_starts_while_the_dead_replica_is_reaped(spares: i
         try:
             mesh.crash(0)
             await wait_for(lambda: svc.replicas[0].healthy and mesh.actor(0) is not old)
-            assert mesh.stopping == 1  # the old one is still being reaped
+            # The old one's stop began (the reaper may run just after the promotion)
+            # and cannot finish before ``release``: the new one serves meanwhile.
+            await wait_for(lambda: mesh.stopping == 1)
+            assert svc.replicas[0].healthy
             assert await svc.me.route() == id(mesh.actor(0))
         finally:
             mesh.release.set()
