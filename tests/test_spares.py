@@ -246,6 +246,32 @@ async def test_the_replacement_starts_while_the_dead_replica_is_reaped(spares: i
             mesh.release.set()
 
 
+async def test_a_backend_can_ask_for_the_stop_before_the_respawn() -> None:
+    # MonarchMesh on a pool of hosts does (a dead replica's hosts are known suspect
+    # only once its stop ran): the new incarnation waits for the old one's stop.
+    mesh = SlowStopMesh()
+    spawn = mesh.spawn
+
+    async def spawn_asking(spec: SpawnSpec) -> Any:
+        replica = await spawn(spec)
+        replica.stop_before_respawn = True
+        return replica
+
+    mesh.spawn = spawn_asking  # type: ignore[method-assign]
+    async with open_service(Who, num_replicas=1, restart_backoff=0.0, mesh=mesh) as svc:
+        old = mesh.actor(0)
+        try:
+            mesh.crash(0)
+            await wait_for(lambda: mesh.stopping == 1)
+            with anyio.move_on_after(0.2):
+                await wait_for(lambda: mesh.actor(0) is not old, timeout=1)
+            assert mesh.actor(0) is old and not svc.replicas[0].healthy
+            assert mesh.spawn_count(0) == 1
+        finally:
+            mesh.release.set()
+        await wait_for(lambda: svc.replicas[0].healthy and mesh.actor(0) is not old)
+
+
 class SparesMesh(FakeMesh):
     """A FakeMesh that keeps the spares it spawned (to make one fail) and counts stops."""
 

@@ -125,9 +125,11 @@ async def _incarnations(child: ChildSpec, replica: Replica, reaper: anyio.abc.Ta
                     await _serve(child, replica, inc, handle)
                 finally:
                     # The old processes are stopped while the next incarnation starts
-                    # (by the reaper, a task of this supervisor), except with GPUs:
-                    # those are free only once the processes holding them stopped.
-                    if config.with_gpus:
+                    # (by the reaper, a task of this supervisor), except with GPUs
+                    # (free only once the processes holding them stopped) or when the
+                    # backend asks for it (on a pool of hosts, a dead replica's hosts
+                    # are known suspect only once its stop ran).
+                    if config.with_gpus or getattr(handle, "stop_before_respawn", False):
                         await _reap(handle)
                     else:
                         reaper.start_soon(_reap, handle)

@@ -113,7 +113,9 @@ class MeshReplica(Protocol):
     # Optional, not part of the structural check: ``death``, how the replica died as
     # fully as the backend knows it once ``stop()`` returned (None if it did not).
     # The core quotes it as the escalation cause when present. ``promote(idx)``: a
-    # warm spare now serves replica ``idx``.
+    # warm spare now serves replica ``idx``. ``stop_before_respawn``: True when the
+    # next incarnation must not start before this one's ``stop()`` returned (the core
+    # otherwise starts it while the dead one is stopped).
 
     async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``endpoint`` on this replica and return its result (the first rank's,

@@ -413,6 +413,13 @@ class MonarchReplica:
         return self._gpus
 
     @property
+    def stop_before_respawn(self) -> bool:
+        """On a pool of hosts: the next incarnation waits for this one's stop, which
+        gives back its room and marks its hosts suspect when it died (so that the
+        next one is not placed on a lost host)."""
+        return self._where is not None
+
+    @property
     def placement(self) -> Placement | None:
         """The hosts of the pool this replica runs on (None off a pool)."""
         return self._placement

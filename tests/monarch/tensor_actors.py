@@ -33,5 +33,11 @@ class Tensors(ForgeActor):
 
     @service_endpoint(batch_size=8, batch_timeout=0.02)
     async def rows(self, xs: Any) -> Any:
-        assert isinstance(xs, torch.Tensor)  # the rows arrive stacked
+        # The default contract: the rows arrive as a list of tensors.
+        assert type(xs) is list and all(type(x) is torch.Tensor for x in xs), type(xs)
+        return [x * 2 for x in xs]
+
+    @service_endpoint(batch_size=8, batch_timeout=0.02, collate="stack", split="unbind")
+    async def stacked(self, xs: Any) -> Any:
+        assert type(xs) is torch.Tensor and xs.dim() == 2, type(xs)  # opt-in: stacked
         return xs * 2

@@ -1,5 +1,6 @@
 """Tensors to and from real replica processes: exact round trips, shared memory for
-large ones (released after use and after a crash), batched tensor rows."""
+large ones (released after use and after a crash), batched tensor rows (as a list by
+default, stacked when the endpoint asks)."""
 
 from __future__ import annotations
 
@@ -95,16 +96,22 @@ async def test_segments_of_a_killed_replica_are_removed() -> None:
     assert ours() == set()
 
 
-async def test_batched_tensor_rows_arrive_stacked() -> None:
+@pytest.mark.parametrize("endpoint", ["rows", "stacked"])
+async def test_batched_tensor_rows_arrive_as_a_list_or_stacked_if_asked(endpoint: str) -> None:
+    # ``rows``: the default, a list of tensors; ``stacked``: collate="stack",
+    # split="unbind" (the actor asserts what it receives).
     async with open_service(Tensors, num_replicas=1) as svc:
+        ep = getattr(svc, endpoint)
         rows = [torch.full((4,), float(i)) for i in range(8)]
         out: list[Any] = [None] * 8
 
         async def one(i: int) -> None:
-            out[i] = await svc.rows.route(rows[i])
+            out[i] = await ep.route(rows[i])
 
         async with anyio.create_task_group() as tg:
             for i in range(8):
                 tg.start_soon(one, i)
         for r, o in zip(rows, out, strict=True):
             same(r * 2, o)
+        (batcher,) = [b for b in svc.statistics().batchers if b.endpoint == endpoint]
+        assert batcher.items_sent == 8
