@@ -4,7 +4,7 @@
 
 Reads (each optional) from ``--data``, for run ``--run N``: ``reroute_spares_N.json``
 and ``reroute_nospares_N.json`` (bench_reroute.py --json), ``batching_monarch_N.json``
-(bench_batching.py --sizes ... --payload list tensor --json) and ``payload_N.json``
+(bench_batching.py --sizes ... --payload list tensor stacked --json) and ``payload_N.json``
 (bench_payload.py --json); writes ``perf_reroute.png``, ``perf_batching.png`` and
 ``perf_payload.png`` to ``--out``. Needs matplotlib (``pip install -e '.[plot]'``).
 """
@@ -21,6 +21,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+
+_ROWS = {
+    "list": "rows as lists",
+    "tensor": "tensor rows (a list of tensors: the default)",
+    "stacked": 'tensor rows, collate="stack"',
+}
 
 
 def load(path: str) -> Any:
@@ -90,7 +97,7 @@ def batching(data: str, out: str, run: int) -> None:
             sizes,
             [run["per_s"][str(n)] for n in sizes],
             marker="o",
-            label=f"rows as {run['payload']}s ({run['backend']})",
+            label=f"{_ROWS.get(run['payload'], run['payload'])} ({run['backend']})",
         )
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(n) for n in sizes])
