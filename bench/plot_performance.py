@@ -22,7 +22,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-
 _ROWS = {
     "list": "rows as lists",
     "tensor": "tensor rows (a list of tensors: the default)",
