@@ -324,3 +324,16 @@ async def test_a_spare_that_fails_while_it_waits_is_replaced(failure: str) -> No
         mesh.crash(0)
         await wait_for(lambda: svc.replicas[0].healthy and mesh.actor(0) is not old)
         assert mesh.spawn_count(0) == 1  # served by the new spare
+
+
+async def test_the_mesh_is_asked_for_room_for_replicas_and_spares() -> None:
+    # A pool of hosts (MonarchMesh's check_capacity) must fit the spares too.
+    asked: list[int] = []
+
+    class RoomMesh(FakeMesh):
+        def check_capacity(self, spec: SpawnSpec, count: int) -> None:
+            asked.append(count)
+
+    async with open_service(Who, num_replicas=2, spare_replicas=1, mesh=RoomMesh(seed=1)):
+        pass
+    assert asked == [3]
