@@ -18,7 +18,12 @@ from monarch.actor import endpoint as _monarch_endpoint
 from ._config import ServiceConfig, config_field_names
 from ._options import CLASS_OPTIONS, ActorOptions, class_options
 from ._routing import RoundRobinRouter
-from ._shims._monarch import endpoint_method, endpoint_options, set_endpoint_method
+from ._shims._monarch import (
+    endpoint_method,
+    endpoint_options,
+    is_concurrent_wrapper,
+    set_endpoint_method,
+)
 from ._spec import (
     RESERVED_NAMES,
     SETUP_ENDPOINT,
@@ -27,7 +32,6 @@ from ._spec import (
     make_spec,
 )
 from ._tensors import WIRE_ATTR, encode_result
-from .mesh._kinds import CONCURRENT_MARKER
 from .observe import _carry
 
 if TYPE_CHECKING:
@@ -52,7 +56,7 @@ def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
     generators are left as they are: their results travel as Monarch pickles them."""
     if getattr(fn, WIRE_ATTR, False):
         return fn
-    if getattr(fn, CONCURRENT_MARKER, False):
+    if is_concurrent_wrapper(fn):
         return fn
     run: Callable[..., Any]
     if inspect.iscoroutinefunction(fn):

@@ -76,10 +76,9 @@ from functools import partial
 from typing import Any, cast
 
 import anyio
-from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionError
-from monarch._src.actor.actor_mesh import MethodSpecifier
 from monarch.actor import ActorError, default_bootstrap_cmd, this_host
 
+from .._shims._monarch import SupervisionError, ready_endpoint
 from .._shm import SegmentPool, new_prefix, sweep
 from .._shm import available as shm_available
 from .._spec import SETUP_ENDPOINT, setup_endpoint
@@ -267,13 +266,6 @@ def _child_env(gpus: tuple[str, ...], shm_prefix: str | None = None) -> dict[str
     return env
 
 
-def _ready_endpoint(actor_mesh: Any) -> Any:
-    # ``object.__sizeof__`` as an endpoint: its reply can only follow __init__.
-    return actor_mesh._endpoint(
-        MethodSpecifier.ReturnsResponse("__sizeof__"), object.__sizeof__, None
-    )
-
-
 def _summary(report: str) -> str:
     """The last line of a Monarch report: the exception or the exit status."""
     lines = [ln.strip() for ln in report.strip().splitlines() if ln.strip()]
@@ -451,7 +443,7 @@ class MonarchReplica:
                 if fd is not None:
                     self._pidfds[pid] = fd
         await anyio.to_thread.run_sync(self._spawn_actor)
-        await wait(_ready_endpoint(self._actor).call(), self._group)
+        await wait(ready_endpoint(self._actor).call(), self._group)
         if setup_endpoint(self._spec.actor_cls) is not None:
             # The actor's setup() on every rank, before the replica takes traffic;
             # if it raises, the spawn fails with the user's own exception.

@@ -46,6 +46,7 @@ import outcome
 import sniffio
 import trio
 
+from .._shims._trio import attempt_abort, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
 from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds
@@ -200,9 +201,9 @@ class _Deliver(trio.abc.Instrument):
         if replica is not None:
             if task not in replica._tasks:  # its call ended meanwhile
                 del self.tasks[task]
-            elif task._abort_func is not None:  # it waits: interrupt it now
+            elif is_blocked(task):  # it waits: interrupt it now
                 del self.tasks[task]
-                task._attempt_abort(_raise_interrupted)
+                attempt_abort(task, _raise_interrupted)
         if not self.tasks:
             trio.lowlevel.remove_instrument(self)
 
@@ -433,8 +434,8 @@ class FakeReplica:
         for task in list(self._tasks):
             if task is current:
                 continue
-            if task._abort_func is not None:  # waiting: abort that wait
-                task._attempt_abort(_raise_interrupted)
+            if is_blocked(task):  # waiting: abort that wait
+                attempt_abort(task, _raise_interrupted)
             else:  # runnable: interrupt it at its next wait
                 if not deliver.tasks:
                     trio.lowlevel.add_instrument(deliver)
