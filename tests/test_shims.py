@@ -128,3 +128,21 @@ def test_monarch_actor_kind_refuses_mixed_endpoints() -> None:
     _monarch.actor_kind(_Probe)  # all async: spawnable
     with pytest.raises(ValueError, match="mixes both async and sync"):
         _monarch.actor_kind(_Mixed)
+
+
+def test_monarch_endpoint_descriptor_function_can_be_replaced() -> None:
+    # forge_sc wraps an endpoint's function to encode tensor results on the replica.
+    class Probe(Actor):  # type: ignore[misc]
+        @endpoint  # type: ignore[untyped-decorator]
+        async def ping(self, x: int) -> int:
+            return x
+
+    value = vars(Probe)["ping"]
+
+    async def wrapped(self: Any, x: int) -> int:
+        return x
+
+    _monarch.set_endpoint_method(value, wrapped)
+    assert _monarch.endpoint_method(value) is wrapped
+    with pytest.raises(TypeError):
+        _monarch.set_endpoint_method(lambda: None, wrapped)

@@ -13,8 +13,9 @@ Each one is used for a reason Monarch's public API does not cover:
 * ``ready_endpoint``: a call of ``object.__sizeof__`` on an actor mesh, whose answer can
   only follow ``__init__`` (the actor's mailbox is serial): readiness without adding an
   endpoint to the user's class.
-* ``endpoint_method`` / ``endpoint_options``: what a Monarch endpoint descriptor wraps
-  (the function, and the options to rebuild an endpoint like it).
+* ``endpoint_method`` / ``endpoint_options`` / ``set_endpoint_method``: what a Monarch
+  endpoint descriptor wraps (the function, and the options to rebuild an endpoint like
+  it), and replacing that function (forge_sc wraps it to encode tensor results).
 * ``is_concurrent_wrapper``: the marker Monarch sets on the wrapper of a
   ``concurrent_endpoint`` (such an endpoint does not hold the actor's mailbox).
 * ``EndpointProperty`` / ``actor_kind``: the type of an endpoint descriptor on a class,
@@ -45,6 +46,7 @@ __all__ = [
     "endpoint_options",
     "is_concurrent_wrapper",
     "ready_endpoint",
+    "set_endpoint_method",
     "supervision",
 ]
 
@@ -63,6 +65,13 @@ def endpoint_method(value: object) -> Callable[..., Any] | None:
     if method is None or not hasattr(value, "_propagator"):
         return None
     return method  # type: ignore[no-any-return]
+
+
+def set_endpoint_method(value: object, fn: Callable[..., Any]) -> None:
+    """Make the Monarch endpoint descriptor ``value`` run ``fn`` (on the replica)."""
+    if endpoint_method(value) is None:
+        raise TypeError(f"{value!r} is not a Monarch endpoint")
+    value._method = fn  # type: ignore[attr-defined]
 
 
 def endpoint_options(value: object) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from .._shims._monarch import (
     endpoint_options,
     is_concurrent_wrapper,
 )
+from .._tensors import WIRE_ATTR
 
 __all__ = ["EndpointInfo", "Kind", "check_actor_kind", "endpoint_kinds"]
 
@@ -109,6 +110,10 @@ def _endpoint_properties(actor_cls: type[Any]) -> dict[str, Any]:
 def _info(name: str, prop: Any) -> EndpointInfo:
     method = endpoint_method(prop)
     assert method is not None  # an EndpointProperty wraps a function
+    if getattr(method, WIRE_ATTR, False):
+        # A ForgeActor's endpoint as Monarch runs it (its result's tensors encoded
+        # for the wire); the kind, and what FakeMesh calls, are the user's own.
+        method = method.__wrapped__  # type: ignore[attr-defined]
     explicit = bool(endpoint_options(prop)["explicit_response_port"])
     if is_concurrent_wrapper(method):
         user = inspect.unwrap(method)

@@ -389,6 +389,13 @@ class FakeReplica:
         self._stopped.set()
         await anyio.lowlevel.checkpoint()
 
+    def promote(self, idx: int) -> None:
+        """This warm spare now serves replica ``idx``: faults by index reach it."""
+        self._mesh._spares.discard(self)
+        self._idx = idx
+        self._mesh._current[idx] = self
+        self.refresh()
+
     def refresh(self) -> None:
         """Recompute whether calls may take the hot path."""
         self._fast = (
@@ -461,6 +468,7 @@ class FakeMesh:
         # injected from another thread run there.
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._thread: int | None = None
+        self._spares: set[FakeReplica] = set()  # warm spares not yet promoted
 
     def __repr__(self) -> str:
         return f"FakeMesh(seed={self.seed!r})"
@@ -477,7 +485,7 @@ class FakeMesh:
         finally:
             self._in_use = False
             self._token = self._thread = None
-            for replica in self._current.values():
+            for replica in [*self._current.values(), *self._spares]:
                 replica._end(_Life.STOPPED)
 
     def _table(self, actor_cls: type[Any]) -> _Table:
@@ -520,7 +528,10 @@ class FakeMesh:
                 if inspect.isawaitable(result):
                     await result
         replica = FakeReplica(self, spec, ranks, table)
-        self._current[idx] = replica
+        if spec.spare:  # filed under an index once promoted (FakeReplica.promote)
+            self._spares.add(replica)
+        else:
+            self._current[idx] = replica
         return replica
 
     # ---------------------------------------------------------------- faults
