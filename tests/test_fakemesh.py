@@ -122,7 +122,9 @@ async def test_hang_holds_calls_until_the_replica_is_stopped() -> None:
 
         async def call() -> None:
             try:
-                await replica.call("nap", (0.01,), {})
+                # Long enough to be seen in flight on a busy machine (a 10 ms nap
+                # could end before the test looked).
+                await replica.call("nap", (0.2,), {})
             except ReplicaGone as exc:
                 errors.append(exc)
 
@@ -130,7 +132,7 @@ async def test_hang_holds_calls_until_the_replica_is_stopped() -> None:
             tg.start_soon(call)
             await wait_for(lambda: len(replica._tasks) == 1)
             mesh.hang(0)
-            with anyio.move_on_after(0.1):
+            with anyio.move_on_after(0.4):
                 await replica.ping()  # a hung replica does not answer pings either
             assert errors == []  # the nap is long over, but no answer comes
             await replica.stop()
