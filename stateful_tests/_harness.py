@@ -795,38 +795,48 @@ class Harness:
 
     async def a_orphan_batch(self) -> None:
         """A batched caller cancelled while its batch waits for a slot (every replica
-        busy): the batch leaves the queue and never runs."""
+        busy with held requests, none freed until after the cancel): the batch leaves
+        the queue and never runs."""
         ok = await wait_until(self._all_fresh, CALL_BOUND)
         if not ok or not await wait_until(lambda: not self.inflight, CALL_BOUND + 1):
             return
+        led = self.ledger["A"]
         cap = CONFIG["replica_max_concurrent_requests"]
-        for _ in range(cap * len(self.A.replicas)):
-            rid = self.rid("busy")
-            self.launch(Call("work", "A", rid), lambda rid=rid: self.A.work.route(rid, 0.15))
-        full = cap * len(self.A.replicas)
-        if not await wait_until(lambda: self.stats("A").active_requests >= full, 1.0):
-            return  # the replicas did not fill up (a fault meanwhile): nothing to test
-        rid = self.rid("ob")
-        call = Call("batched", "A", rid)
-        scope = anyio.CancelScope()
+        holders: list[str] = []
+        try:
+            for _ in range(cap * len(self.A.replicas)):
+                rid = self.rid("busy")
+                led.gates[rid] = anyio.Event()
+                holders.append(rid)
+                self.launch(Call("held", "A", rid), lambda rid=rid: self.A.held.route(rid))
+            full = cap * len(self.A.replicas)
+            if not await wait_until(lambda: self.stats("A").active_requests >= full, 1.0):
+                return  # the replicas did not fill up (a fault meanwhile): nothing to test
+            rid = self.rid("ob")
+            call = Call("batched", "A", rid)
+            scope = anyio.CancelScope()
 
-        async def caller() -> None:
-            with scope:
-                await self.track(call, lambda: self.A.batched.route(rid, 0.0))
+            async def caller() -> None:
+                with scope:
+                    await self.track(call, lambda: self.A.batched.route(rid, 0.0))
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(caller)
-            await wait_until(lambda: self.stats("A").queue_depth >= 1 or call.ended > 0, 1.0)
-            # Checked and cancelled in one step (no checkpoint between): queued now means
-            # not sent. On a busy machine the 0.15 s holders can end first and the batch
-            # go out; then this is a cancellation at another stage, not an orphan.
-            orphaned = self.stats("A").queue_depth >= 1 and rid not in self.ledger["A"].starts
-            scope.cancel()
-        if not call.ended:
-            call.outcome = "cancelled"
-            self.model["A"].cancelled += 1
-            if orphaned:
-                self.cancelled_batched.append(rid)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(caller)
+                await wait_until(lambda: self.stats("A").queue_depth >= 1 or call.ended > 0, 1.0)
+                # Queued now, with every slot held, means not sent. A replica that died
+                # meanwhile (a stall, see _watch_stalls) may have let it through.
+                orphaned = (
+                    self.stats("A").queue_depth >= 1 and rid not in led.starts and self._all_fresh()
+                )
+                scope.cancel()
+            if not call.ended:
+                call.outcome = "cancelled"
+                self.model["A"].cancelled += 1
+                if orphaned:
+                    self.cancelled_batched.append(rid)
+        finally:
+            for h in holders:
+                led.gates[h].set()
 
     def _all_fresh(self) -> bool:
         for r in self.A.replicas:
