@@ -22,13 +22,8 @@ class RouteObserver(Protocol):
     ) -> Coroutine[Any, Any, Any]: ...
 
 
-class Dispatcher(Protocol):
-    """What an endpoint handle needs from its service (the service is one)."""
-
-    @property
-    def _sessions(self) -> Mapping[str, object]:
-        """The open sessions, by id."""
-        ...
+class RequestPath(Protocol):
+    """What sends one request (the service, or its request-path view)."""
 
     async def _request(
         self,
@@ -39,6 +34,15 @@ class Dispatcher(Protocol):
         sess_id: str | None,
         also: Recorder | None = None,
     ) -> Any: ...
+
+
+class Dispatcher(RequestPath, Protocol):
+    """What an endpoint handle needs from its service (the service is one)."""
+
+    @property
+    def _sessions(self) -> Mapping[str, object]:
+        """The open sessions, by id."""
+        ...
 
     async def _fanout(
         self, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -57,7 +61,9 @@ class ServiceEndpoint:
 
     __slots__ = ("_batcher", "_obs", "_send", "_spec", "_svc", "router")
 
-    def __init__(self, svc: Dispatcher, spec: EndpointSpec, path: Dispatcher | None = None) -> None:
+    def __init__(
+        self, svc: Dispatcher, spec: EndpointSpec, path: RequestPath | None = None
+    ) -> None:
         self._svc = svc
         #: ``_request`` of ``path`` (the service's request-path view), bound once.
         self._send = (svc if path is None else path)._request
