@@ -36,7 +36,7 @@ import threading
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from types import CoroutineType
+from types import CoroutineType, MethodType
 from typing import Any, NoReturn, TypeVar
 
 import anyio
@@ -250,6 +250,8 @@ class FakeReplica:
         self._fns = table.fns
         self._table = table
         self._actor = ranks[0]
+        #: The endpoints bound to rank 0, for the hot path (one rank, alive).
+        self._bound = {name: MethodType(fn, ranks[0]) for name, fn in table.fns.items()}
         self._multi = len(ranks) > 1
         self._asyncio = sniffio.current_async_library() == "asyncio"
         self._cancelled: type[BaseException] = (
@@ -278,7 +280,9 @@ class FakeReplica:
         if not self._fast:
             return await self._call_slow_path(endpoint, args, kwargs)
         try:
-            result = self._fns[endpoint](self._actor, *args, **kwargs)
+            result = (
+                self._bound[endpoint](*args, **kwargs) if kwargs else self._bound[endpoint](*args)
+            )
         except Exception:
             raise
         except BaseException as exc:  # a plain def endpoint raised it
@@ -322,7 +326,9 @@ class FakeReplica:
         tasks = self._tasks
         tasks.add(task)
         try:
-            value = self._fns[endpoint](self._actor, *args, **kwargs)
+            value = (
+                self._bound[endpoint](*args, **kwargs) if kwargs else self._bound[endpoint](*args)
+            )
             if type(value) is CoroutineType:  # a plain def endpoint returns its value
                 value = await value
         except Exception:
