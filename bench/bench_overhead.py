@@ -1,13 +1,10 @@
 """route() overhead and throughput on FakeMesh, asyncio and trio, as ratios.
 
     python bench/bench_overhead.py [--calls 20000] [--callers 1000] [--per-caller 100]
-        [--backend asyncio|trio|both] [--clock wall|cpu] [--json]
+        [--backend asyncio|trio|both] [--json]
 
 Baselines are measured in the same run: a direct ``await`` of the same in-process
 actor's endpoint, and the same callers awaiting the same 4 actors directly.
-``--clock cpu`` times with this thread's CPU time instead of the wall clock (the
-program is one thread that never blocks, so on a quiet machine both agree; on a
-loaded one the CPU clock leaves out the time other processes took the core).
 ``--json`` adds one JSON line of the figures (``bench/bench_overhead_ab.py`` reads it).
 """
 
@@ -41,7 +38,7 @@ def _direct(actor: Any, name: str) -> Any:
     return type(actor).__dict__[name]._method.__get__(actor)
 
 
-async def overhead(calls: int, clock: Any = time.perf_counter) -> dict[str, float]:
+async def overhead(calls: int) -> dict[str, float]:
     async with open_service(Echo, num_replicas=1, mesh=FakeMesh(seed=0)) as svc:
         mesh_actor = svc._mesh.actor(0)  # type: ignore[attr-defined]
         direct = _direct(mesh_actor, "echo")
@@ -51,38 +48,23 @@ async def overhead(calls: int, clock: Any = time.perf_counter) -> dict[str, floa
             await direct(i)
         t_route: list[float] = []
         t_direct: list[float] = []
-        # Interleave in blocks so drift hits both equally; per-call medians. (The
-        # CPU clock is a system call of ~0.5 us: with it, each figure is a block of
-        # 100 calls timed at once, and the median is over blocks.)
-        per_call = clock is time.perf_counter
+        clock = time.perf_counter
+        # Interleave in blocks so drift hits both equally; per-call medians.
         for _ in range(calls // 100):
-            if per_call:
-                for i in range(100):
-                    t0 = clock()
-                    await direct(i)
-                    t_direct.append(clock() - t0)
-                for i in range(100):
-                    t0 = clock()
-                    await route(i)
-                    t_route.append(clock() - t0)
-                continue
-            t0 = clock()
             for i in range(100):
+                t0 = clock()
                 await direct(i)
-            t1 = clock()
+                t_direct.append(clock() - t0)
             for i in range(100):
+                t0 = clock()
                 await route(i)
-            t2 = clock()
-            t_direct.append((t1 - t0) / 100)
-            t_route.append((t2 - t1) / 100)
+                t_route.append(clock() - t0)
     d = statistics.median(t_direct) * 1e6
     r = statistics.median(t_route) * 1e6
     return {"direct_us": d, "route_us": r, "overhead_us": r - d}
 
 
-async def throughput(
-    callers: int, per_caller: int, clock: Any = time.perf_counter
-) -> dict[str, float]:
+async def throughput(callers: int, per_caller: int) -> dict[str, float]:
     mesh = FakeMesh(seed=0)
     async with open_service(
         Echo, num_replicas=4, mesh=mesh, replica_max_concurrent_requests=callers
@@ -100,11 +82,11 @@ async def throughput(
                 await route(i)
 
         async def run(fn: Any) -> float:
-            t0 = clock()
+            t0 = time.perf_counter()
             async with anyio.create_task_group() as tg:
                 for k in range(callers):
                     tg.start_soon(fn, k)
-            return callers * per_caller / (clock() - t0)
+            return callers * per_caller / (time.perf_counter() - t0)
 
         await run(routed_caller)  # warm-up: FakeMesh learns that tick suspends
         direct_rate = await run(direct_caller)
@@ -122,20 +104,18 @@ def main() -> None:
     p.add_argument("--callers", type=int, default=1000)
     p.add_argument("--per-caller", type=int, default=100)
     p.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     a = p.parse_args()
     backends = ["asyncio", "trio"] if a.backend == "both" else [a.backend]
-    clock = time.perf_counter if a.clock == "wall" else time.thread_time
-    figures: dict[str, Any] = {"clock": a.clock, "load_before": os.getloadavg()[0]}
+    figures: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     for backend in backends:  # DESIGN §8, round 2: <= 1.5 us and >= 0.7 on both
-        o = anyio.run(overhead, a.calls, clock, backend=backend)
+        o = anyio.run(overhead, a.calls, backend=backend)
         print(
             f"[{backend}] route() overhead: {o['overhead_us']:.2f} us "
             f"(route {o['route_us']:.2f} us, direct await {o['direct_us']:.2f} us; "
             "target <= 1.5 us)"
         )
-        t = anyio.run(throughput, a.callers, a.per_caller, clock, backend=backend)
+        t = anyio.run(throughput, a.callers, a.per_caller, backend=backend)
         print(
             f"[{backend}] throughput, 4 replicas, {a.callers} callers x {a.per_caller}: "
             f"{t['routed_per_s']:,.0f}/s routed vs {t['direct_per_s']:,.0f}/s direct = "
@@ -145,7 +125,7 @@ def main() -> None:
     figures["load_after"] = os.getloadavg()[0]
     print(
         f"load average (1 min): {figures['load_before']:.2f} before, "
-        f"{figures['load_after']:.2f} after ({a.clock} clock)"
+        f"{figures['load_after']:.2f} after"
     )
     if a.json:
         print("JSON " + json.dumps(figures))

@@ -1,6 +1,6 @@
 """bench_overhead.py before and after: a git ref against this working tree, alternated.
 
-    python bench/bench_overhead_ab.py [--base main] [--pairs 3] [--clock wall|cpu]
+    python bench/bench_overhead_ab.py [--base main] [--pairs 3]
         [bench_overhead.py options, e.g. --backend trio]
 
 The base (``--base``, a git ref) is exported to a temporary folder; each pair runs
