@@ -1,11 +1,10 @@
 """route() overhead and throughput on FakeMesh, asyncio and trio, as ratios.
 
     python bench/bench_overhead.py [--calls 20000] [--callers 1000] [--per-caller 100]
-        [--backend asyncio|trio|both] [--json]
+                                   [--runs 1] [--json PATH]
 
 Baselines are measured in the same run: a direct ``await`` of the same in-process
 actor's endpoint, and the same callers awaiting the same 4 actors directly.
-``--json`` adds one JSON line of the figures (``bench/bench_overhead_ab.py`` reads it).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 import anyio
 
 from forge_sc import ForgeActor, endpoint, open_service
+from forge_sc._spec import collect_endpoints
 from forge_sc.testing import FakeMesh
 
 
@@ -35,7 +35,8 @@ class Echo(ForgeActor):
 
 
 def _direct(actor: Any, name: str) -> Any:
-    return type(actor).__dict__[name]._method.__get__(actor)
+    # The endpoint's own function, bound: what FakeMesh calls in-process.
+    return collect_endpoints(type(actor))[name].fn.__get__(actor)
 
 
 async def overhead(calls: int) -> dict[str, float]:
@@ -104,31 +105,31 @@ def main() -> None:
     p.add_argument("--callers", type=int, default=1000)
     p.add_argument("--per-caller", type=int, default=100)
     p.add_argument("--backend", choices=["asyncio", "trio", "both"], default="both")
-    p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    p.add_argument("--runs", type=int, default=1, help="repeat everything, print each run")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     a = p.parse_args()
     backends = ["asyncio", "trio"] if a.backend == "both" else [a.backend]
-    figures: dict[str, Any] = {"load_before": os.getloadavg()[0]}
-    for backend in backends:  # DESIGN §8, round 2: <= 1.5 us and >= 0.7 on both
-        o = anyio.run(overhead, a.calls, backend=backend)
-        print(
-            f"[{backend}] route() overhead: {o['overhead_us']:.2f} us "
-            f"(route {o['route_us']:.2f} us, direct await {o['direct_us']:.2f} us; "
-            "target <= 1.5 us)"
-        )
-        t = anyio.run(throughput, a.callers, a.per_caller, backend=backend)
-        print(
-            f"[{backend}] throughput, 4 replicas, {a.callers} callers x {a.per_caller}: "
-            f"{t['routed_per_s']:,.0f}/s routed vs {t['direct_per_s']:,.0f}/s direct = "
-            f"ratio {t['ratio']:.2f} (target >= 0.7)"
-        )
-        figures[backend] = {**o, **t}
-    figures["load_after"] = os.getloadavg()[0]
-    print(
-        f"load average (1 min): {figures['load_before']:.2f} before, "
-        f"{figures['load_after']:.2f} after"
-    )
+    out: dict[str, Any] = {"bench": "overhead", "load_1min": os.getloadavg()[0], "runs": []}
+    for _ in range(a.runs):
+        run: dict[str, Any] = {}
+        for backend in backends:
+            o = anyio.run(overhead, a.calls, backend=backend)
+            print(
+                f"[{backend}] route() overhead: {o['overhead_us']:.2f} us "
+                f"(route {o['route_us']:.2f} us, direct await {o['direct_us']:.2f} us; "
+                f"target <= 1.5 us)"
+            )
+            t = anyio.run(throughput, a.callers, a.per_caller, backend=backend)
+            print(
+                f"[{backend}] throughput, 4 replicas, {a.callers} callers x {a.per_caller}: "
+                f"{t['routed_per_s']:,.0f}/s routed vs {t['direct_per_s']:,.0f}/s direct = "
+                f"ratio {t['ratio']:.2f} (target >= 0.7)"
+            )
+            run[backend] = {"overhead": o, "throughput": t}
+        out["runs"].append(run)
     if a.json:
-        print("JSON " + json.dumps(figures))
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -25,16 +25,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(pythonpath: Path, extra: list[str]) -> dict[str, Any]:
+    """One ``bench_overhead.py --json`` run on ``pythonpath``'s forge_sc, flattened:
+    ``{backend: {overhead and throughput figures}, "load_before", "load_after"}``."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_overhead.py"), "--json", *extra],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("JSON "))
-    figures: dict[str, Any] = json.loads(line[5:])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "figures.json"
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "bench_overhead.py"),
+                "--json",
+                str(path),
+                *extra,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        out = json.loads(path.read_text())
+    figures: dict[str, Any] = {"load_before": out["load_1min"], "load_after": os.getloadavg()[0]}
+    for backend, f in out["runs"][0].items():
+        figures[backend] = {**f["overhead"], **f["throughput"]}
     return figures
 
 

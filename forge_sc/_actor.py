@@ -7,23 +7,23 @@ Monarch. An endpoint is a Monarch endpoint that also carries the service-level o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar, overload
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
-from ._compat import (
-    HostedService,
-    SpawnedActor,
-    shutdown_actor,
-    spawn_actor,
-    start_hosted_service,
-)
 from ._config import ServiceConfig, config_field_names
 from ._options import CLASS_OPTIONS, ActorOptions, class_options
 from ._routing import RoundRobinRouter
-from ._shims._monarch import endpoint_method, endpoint_options
+from ._shims._monarch import (
+    endpoint_method,
+    endpoint_options,
+    is_concurrent_wrapper,
+    set_endpoint_method,
+)
 from ._spec import (
     RESERVED_NAMES,
     SETUP_ENDPOINT,
@@ -31,13 +31,50 @@ from ._spec import (
     EndpointSpec,
     make_spec,
 )
+from ._tensors import WIRE_ATTR, encode_result
 from .observe import _carry
+
+if TYPE_CHECKING:
+    from ._compat import HostedService, SpawnedActor
+
+# The TorchForge layer (``_compat``: open_service, anyio, trio) is imported when one
+# of its methods is first used: a replica's process imports this module through the
+# user's actor class and needs none of it (a tenth of a second less per process).
 
 __all__ = ["ConfiguredActor", "ForgeActor", "endpoint", "service_endpoint"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MONARCH_NAMES = frozenset(n for n in dir(_MonarchActor) if not n.startswith("__"))
+
+
+def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What Monarch runs for an endpoint: ``fn``, its result's tensors encoded for the
+    trip back (see :mod:`forge_sc._tensors`; nothing happens without torch). The
+    endpoint spec keeps ``fn`` itself: FakeMesh calls it in-process. Endpoints that
+    answer through a port (explicit response port, concurrent endpoints) and
+    generators are left as they are: their results travel as Monarch pickles them."""
+    if getattr(fn, WIRE_ATTR, False):
+        return fn
+    if is_concurrent_wrapper(fn):
+        return fn
+    run: Callable[..., Any]
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            return encode_result(await fn(*args, **kwargs))
+
+    elif inspect.isfunction(fn) and not inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return encode_result(fn(*args, **kwargs))
+
+    else:  # generators and other callables: as they are
+        return fn
+    setattr(run, WIRE_ATTR, True)
+    return run
 
 
 def _wrap(fn: Callable[..., Any], spec: EndpointSpec) -> Any:
@@ -65,6 +102,8 @@ def service_endpoint(
     batch_size: int = 1,
     batch_timeout: float = 0.01,
     idempotent: bool = True,
+    collate: str | Callable[[list[Any]], Any] | None = None,
+    split: str | Callable[[Any], Sequence[Any]] | None = None,
 ) -> Any:
     """An endpoint with service options.
 
@@ -74,6 +113,15 @@ def service_endpoint(
     (arguments become lists, the endpoint returns a list of the same length).
     ``idempotent=False`` makes the endpoint at-most-once: it is never re-sent after
     it reached a replica.
+
+    Batched endpoints only, both opt-in: by default each parameter receives the
+    batch's values as a list and the endpoint returns a list.
+    ``collate="stack"`` passes a parameter whose values are all tensors as one
+    tensor, ``torch.stack(values)`` (other parameters stay lists), and
+    ``split="unbind"`` accepts a tensor result whose first dimension is the batch
+    (``result.unbind(0)``; a list is still taken as it is). Either may instead be a
+    callable: ``collate(values) -> what the endpoint receives`` for each parameter,
+    ``split(result) -> one result per call, in order``.
     """
 
     def deco(f: Callable[..., Any]) -> Any:
@@ -85,6 +133,8 @@ def service_endpoint(
                 batch_size=batch_size,
                 batch_timeout=batch_timeout,
                 idempotent=idempotent,
+                collate=collate,
+                split=split,
             ),
         )
 
@@ -137,6 +187,8 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
             if not hasattr(value, SPEC_ATTR):
                 # A plain monarch.actor.endpoint: give it forge_sc's defaults.
                 setattr(value, SPEC_ATTR, make_spec(method))
+            if not endpoint_options(value)["explicit_response_port"]:
+                set_endpoint_method(value, _results_on_wire(method))
             if name in CLASS_OPTIONS:
                 raise TypeError(
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
@@ -177,6 +229,8 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
     @classmethod
     async def shutdown(cls, actor: Any) -> None:
         """Stop an actor made by :meth:`as_actor` and its processes (idempotent)."""
+        from ._compat import shutdown_actor
+
         await shutdown_actor(actor)
 
 
@@ -194,6 +248,8 @@ class ConfiguredActor(ActorOptions):
         The service's task group lives in a dedicated host (see
         :mod:`forge_sc._compat`); prefer ``async with open_service(...)``.
         """
+        from ._compat import start_hosted_service
+
         return await start_hosted_service(self, args, kwargs)
 
     async def as_actor(self, *args: Any, **kwargs: Any) -> SpawnedActor:
@@ -201,6 +257,8 @@ class ConfiguredActor(ActorOptions):
         honoured; ``setup()`` run) and return its handle, whose endpoints have
         Monarch's ``choose``, ``call_one``, ``call`` and ``broadcast``, awaitable on
         asyncio and trio. Stop it with ``await ForgeActor.shutdown(actor)``."""
+        from ._compat import spawn_actor
+
         return await spawn_actor(self, args, kwargs)
 
 

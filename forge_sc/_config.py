@@ -90,6 +90,9 @@ class ServiceConfig:
     """
 
     num_replicas: int = attrs.field(default=1, validator=_int_between(1, MAX_REPLICAS))
+    #: Started replicas kept out of rotation; a dead replica's place is taken by one
+    #: at once, and a new spare starts in the background.
+    spare_replicas: int = attrs.field(default=0, validator=_int_between(0, MAX_REPLICAS))
     procs: int = attrs.field(default=1, validator=_int_between(1, MAX_PROCS))
     hosts: int | None = attrs.field(
         default=None, validator=_int_between(1, MAX_HOSTS, optional=True)

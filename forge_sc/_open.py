@@ -21,6 +21,7 @@ def open_service(
     *args: Any,
     mesh: Mesh | None = None,
     num_replicas: int = _UNSET,
+    spare_replicas: int = _UNSET,
     procs: int = _UNSET,
     hosts: int | None = _UNSET,
     with_gpus: bool = _UNSET,

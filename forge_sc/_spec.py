@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from ._config import finite_float, show
 from ._routing import RoundRobinRouter, RouterFactory, make_router_factory
+from ._tensors import stack_rows, unbind_result
 
 __all__ = [
     "RESERVED_NAMES",
@@ -62,6 +63,11 @@ class EndpointSpec:
     batch_size: int = 1
     batch_timeout: float = 0.01
     idempotent: bool = True
+    #: Batched endpoints, opt-in (None: DESIGN §3's lists): one parameter's values
+    #: across a batch -> what the endpoint receives; the endpoint's result -> one
+    #: result per call, in order.
+    collate: Callable[[list[Any]], Any] | None = None
+    split: Callable[[Any], Sequence[Any]] | None = None
 
     @property
     def batched(self) -> bool:
@@ -75,6 +81,8 @@ def make_spec(
     batch_size: int = 1,
     batch_timeout: float = 0.01,
     idempotent: bool = True,
+    collate: Any = None,
+    split: Any = None,
 ) -> EndpointSpec:
     """Validate ``@service_endpoint`` options (bad input fails at decoration)."""
     name = getattr(fn, "__name__", repr(fn))
@@ -96,6 +104,13 @@ def make_spec(
         )
     if not isinstance(idempotent, bool):
         raise ValueError(f"{where}: idempotent must be True or False, got {show(idempotent)}")
+    collate_fn = _batch_option(where, "collate", collate, COLLATE_CHOICES)
+    split_fn = _batch_option(where, "split", split, SPLIT_CHOICES)
+    if batch_size == 1 and (collate_fn is not None or split_fn is not None):
+        raise ValueError(
+            f"{where}: collate and split apply to batched endpoints only; set "
+            "batch_size > 1, or leave them unset"
+        )
     return EndpointSpec(
         name=name,
         fn=fn,
@@ -103,7 +118,34 @@ def make_spec(
         batch_size=batch_size,
         batch_timeout=timeout,
         idempotent=idempotent,
+        collate=collate_fn,
+        split=split_fn,
     )
+
+
+#: The named ``collate`` / ``split`` of ``@service_endpoint`` (opt-in; unset is
+#: DESIGN §3's list transposition).
+COLLATE_CHOICES: Mapping[str, Callable[[list[Any]], Any]] = {"stack": stack_rows}
+SPLIT_CHOICES: Mapping[str, Callable[[Any], Sequence[Any]]] = {"unbind": unbind_result}
+
+
+def _batch_option(
+    where: str, what: str, value: Any, choices: Mapping[str, Callable[..., Any]]
+) -> Any:
+    """``collate`` / ``split`` as a callable, or None when unset."""
+    if value is None:
+        return None
+    named = " or ".join(repr(c) for c in choices)
+    if isinstance(value, str):
+        fn = choices.get(value)
+        if fn is None:
+            raise ValueError(
+                f"{where}: {what} must be None, {named}, or a callable; got {show(value)}"
+            )
+        return fn
+    if not callable(value):
+        raise TypeError(f"{where}: {what} must be None, {named}, or a callable; got {show(value)}")
+    return value
 
 
 def collect_endpoints(actor_cls: type[Any]) -> Mapping[str, EndpointSpec]:

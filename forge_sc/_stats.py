@@ -88,6 +88,9 @@ class ServiceMetrics:
     uptime: float
     replicas: tuple[ReplicaMetrics, ...]
     batchers: tuple[BatcherStatistics, ...] = ()
+    #: Warm spares started and waiting (``spare_replicas``), and started in all.
+    ready_spares: int = 0
+    spares_started: int = 0
 
     # ------------------------------------------------------ TorchForge's readers
 

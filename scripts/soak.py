@@ -9,34 +9,33 @@ type), wrong, hung (no end within --request-bound s) and lost (must be 0), the
 service's retries, restarts and session migrations, throughput, and the child
 processes still alive after the service closed (must be 0).
 
-    python scripts/soak.py                                   # 120 s, asyncio
-    python scripts/soak.py --seconds 120 --backend trio
-    python scripts/soak.py --seconds 30 --kill-interval 0.5 1.5 --json
-    python scripts/soak.py --seconds 60 --signal STOP        # hangs instead of crashes
+    python -m scripts.soak                                   # 120 s, asyncio
+    python -m scripts.soak --seconds 120 --backend trio
+    python -m scripts.soak --seconds 30 --kill-interval 0.5 1.5 --json
+    python -m scripts.soak --seconds 60 --signal STOP        # hangs instead of crashes
+
+Run it from the repository's root, as a module: its core is the module
+``tests.monarch._soak`` (the test suite runs a short version), whose actor the
+replicas' processes import by that name.
 
 Exit status: 0 when nothing was lost, hung, wrong or unexpected, the service did
 not escalate and no process was left; 1 otherwise; 2 when the soak itself crashed.
-The core lives in tests/monarch/_soak.py (the test suite runs a short version).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import traceback
 
-# The soak's actor lives in tests/monarch/_soak.py: make the repository importable
-# (forge_sc passes this sys.path on to the replicas' processes).
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+if not __package__:
+    sys.exit("run the soak as a module, from the repository's root: python -m scripts.soak")
 
-import anyio  # noqa: E402
+import anyio
 
-from tests.monarch._soak import SoakConfig, run_soak  # noqa: E402
+from tests.monarch._soak import SoakConfig, run_soak
 
 
 def _positive(text: str) -> float:

@@ -16,8 +16,16 @@ PKG = Path(__file__).resolve().parent.parent / "forge_sc"
 
 #: Bottom to top. A module may import modules of its own layer or of a lower one.
 LAYERS: list[tuple[str, ...]] = [
-    # foundation: errors, configuration, metric recorders, wait queues, dependency shims
-    ("forge_sc.errors", "forge_sc._config", "forge_sc._metrics", "forge_sc._waiters"),
+    # foundation: errors, configuration, metric recorders, wait queues, tensors on the
+    # wire and shared memory
+    (
+        "forge_sc.errors",
+        "forge_sc._config",
+        "forge_sc._metrics",
+        "forge_sc._waiters",
+        "forge_sc._tensors",
+        "forge_sc._shm",
+    ),
     # dependency shims; lifecycle events (stdlib logging) and the live-service registry
     ("forge_sc._shims", "forge_sc.observe"),
     # the mesh boundary: the protocol the core speaks to backends
@@ -54,6 +62,8 @@ CORE = (
     "forge_sc._config",
     "forge_sc._metrics",
     "forge_sc._waiters",
+    "forge_sc._tensors",
+    "forge_sc._shm",
     "forge_sc.mesh._protocol",
     "forge_sc._replica",
     "forge_sc._routing",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from monarch.actor import Actor, endpoint
+from monarch.actor import Actor, concurrent_endpoint, endpoint
 
 from forge_sc._shims import _monarch, _trio
 
@@ -92,7 +92,57 @@ def test_trio_attempt_abort_interrupts_a_blocked_task() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(waiter)
             await trio.testing.wait_all_tasks_blocked()
+            assert _trio.is_blocked(blocked[0])
+            assert not _trio.is_blocked(trio.lowlevel.current_task())
             _trio.attempt_abort(blocked[0], raise_interrupted)
 
     trio.run(main)
     assert seen == ["interrupted"]
+
+
+class _Concurrent(Actor):  # type: ignore[misc]
+    @concurrent_endpoint  # type: ignore[untyped-decorator]
+    async def overlap(self) -> None:
+        return None
+
+
+def test_monarch_endpoint_descriptor_type_and_concurrent_marker() -> None:
+    plain, concurrent = vars(_Probe)["ping"], vars(_Concurrent)["overlap"]
+    assert isinstance(plain, _monarch.EndpointProperty)
+    assert isinstance(concurrent, _monarch.EndpointProperty)
+    assert not _monarch.is_concurrent_wrapper(_monarch.endpoint_method(plain))
+    assert _monarch.is_concurrent_wrapper(_monarch.endpoint_method(concurrent))
+
+
+class _Mixed(Actor):  # type: ignore[misc]
+    @endpoint  # type: ignore[untyped-decorator]
+    async def a(self) -> None:
+        return None
+
+    @endpoint  # type: ignore[untyped-decorator]
+    def b(self) -> None:
+        return None
+
+
+def test_monarch_actor_kind_refuses_mixed_endpoints() -> None:
+    _monarch.actor_kind(_Probe)  # all async: spawnable
+    with pytest.raises(ValueError, match="mixes both async and sync"):
+        _monarch.actor_kind(_Mixed)
+
+
+def test_monarch_endpoint_descriptor_function_can_be_replaced() -> None:
+    # forge_sc wraps an endpoint's function to encode tensor results on the replica.
+    class Probe(Actor):  # type: ignore[misc]
+        @endpoint  # type: ignore[untyped-decorator]
+        async def ping(self, x: int) -> int:
+            return x
+
+    value = vars(Probe)["ping"]
+
+    async def wrapped(self: Any, x: int) -> int:
+        return x
+
+    _monarch.set_endpoint_method(value, wrapped)
+    assert _monarch.endpoint_method(value) is wrapped
+    with pytest.raises(TypeError):
+        _monarch.set_endpoint_method(lambda: None, wrapped)

@@ -101,14 +101,19 @@ class _Batch:
 
 
 def merge_one(
-    args: tuple[Any, ...], kwargs: dict[str, Any]
+    spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """One call's arguments as a batch of one."""
-    return tuple([a] for a in args), {k: [v] for k, v in kwargs.items()}
+    """One call's arguments as a batch of one (collated as a batch would be)."""
+    collate = spec.collate
+    if collate is None:
+        return tuple([a] for a in args), {k: [v] for k, v in kwargs.items()}
+    return tuple(collate([a]) for a in args), {k: collate([v]) for k, v in kwargs.items()}
 
 
 def split_one(spec: EndpointSpec, result: Any) -> Any:
     """The single result of a batch of one."""
+    if spec.split is not None:
+        result = spec.split(result)
     _check_length(spec, result, 1)
     return result[0]
 
@@ -122,7 +127,8 @@ def _check_length(spec: EndpointSpec, result: Any, n: int) -> None:
         )
         raise BatchResultError(
             f"batched endpoint {spec.name!r} returned {got} for a batch of {n} calls; "
-            f"it must return a list with exactly one result per call, in order"
+            "it must return a list with exactly one result per call, in order (for a "
+            "tensor whose first dimension is the batch, declare split='unbind')"
         )
 
 
@@ -278,15 +284,24 @@ class Batcher:
         self._items += n
         self._max = max(self._max, n)
         nargs = len(items[0].args)
-        bargs = tuple([i.args[p] for i in items] for p in range(nargs))
-        bkwargs = {k: [i.kwargs[k] for i in items] for k in items[0].kwargs}
+        collate = self._spec.collate
         try:
+            # Each parameter's values in one list (DESIGN §3), or what the endpoint's
+            # opt-in collate makes of that list (a user's function: its error is the
+            # batch's callers', inside this try).
+            bargs = tuple([i.args[p] for i in items] for p in range(nargs))
+            bkwargs = {k: [i.kwargs[k] for i in items] for k in items[0].kwargs}
+            if collate is not None:
+                bargs = tuple(collate(values) for values in bargs)
+                bkwargs = {k: collate(values) for k, values in bkwargs.items()}
             with taken.scope:
                 result = await self._svc._request(
                     self._spec, self._router, bargs, bkwargs, None, also=self.calls
                 )
             if taken.scope.cancelled_caught:
                 return  # every caller left: the request was withdrawn (or abandoned)
+            if self._spec.split is not None:
+                result = self._spec.split(result)
             _check_length(self._spec, result, n)
         except anyio.get_cancelled_exc_class():
             self._settle(items, error=self._closed_error("while this batch was running"))

@@ -137,7 +137,7 @@ class ServiceEndpoint:
         results in replica-index order. Raises ``FanoutError`` if any raised."""
         spec = self._spec
         if spec.batch_size > 1:
-            results = await self._svc._fanout(spec, *merge_one(args, kwargs))
+            results = await self._svc._fanout(spec, *merge_one(spec, args, kwargs))
             return [split_one(spec, r) for r in results]
         return await self._svc._fanout(spec, args, kwargs)
 
@@ -169,5 +169,5 @@ async def _batch_of_one(
     sess_id: str,
 ) -> Any:
     """A call in a session is never merged: it goes alone, as a batch of one."""
-    bargs, bkwargs = merge_one(args, kwargs)
+    bargs, bkwargs = merge_one(spec, args, kwargs)
     return split_one(spec, await svc._request(spec, router, bargs, bkwargs, sess_id))

@@ -16,7 +16,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._metrics import clock
-from .._replica import Incarnation, Replica, supervise
+from .._replica import MAX_BACKOFF, Incarnation, Relay, Replica, SparePool, supervise
 from .._waiters import Waiter
 from ..errors import NoHealthyReplicasError, ServiceClosedError, ServiceFailedError
 from ..mesh._protocol import MeshReplica, SpawnSpec
@@ -68,6 +68,40 @@ class Lifecycle(Admission):
     def _start_incarnation(self, inc: Incarnation) -> Awaitable[MeshReplica]:
         """The child spec's ``start``: spawn one incarnation on the mesh."""
         return self._mesh.spawn(self._spawn_spec(inc.replica, inc))
+
+    # ------------------------------------------------------------ warm spares
+
+    def _make_spares(self) -> SparePool | None:
+        """The pool of ``spare_replicas`` warm spares (None without)."""
+        c = self._config
+        if not c.spare_replicas:
+            return None
+        return SparePool(
+            c.spare_replicas,
+            self._start_spare,
+            backoff=max(c.restart_backoff, 0.01),
+            max_backoff=MAX_BACKOFF,
+            rng=self._rng,
+            poll=c.health_poll_rate,
+            timeout=c.health_timeout,
+        )
+
+    def _start_spare(self, relay: Relay) -> Awaitable[MeshReplica]:
+        c = self._config
+        return self._mesh.spawn(
+            SpawnSpec(
+                idx=-1,
+                actor_cls=self._actor_cls,
+                args=self._args,
+                kwargs=self._kwargs,
+                procs=c.procs,
+                hosts=c.hosts,
+                with_gpus=c.with_gpus,
+                return_first_rank_result=c.return_first_rank_result,
+                spare=True,
+                on_abandoned_settled=relay,
+            )
+        )
 
     def _replica_healthy(self, replica: Replica) -> None:
         self._dirty = True
@@ -199,12 +233,15 @@ class Lifecycle(Admission):
         try:
             async with self._mesh.lifespan(), anyio.create_task_group() as tg:
                 self._itg = tg
-                self._check_capacity(len(self._replicas))
+                # (Warm spares take room on the mesh like replicas.)
+                self._check_capacity(len(self._replicas) + self._config.spare_replicas)
                 for i, r in enumerate(list(self._replicas)):
                     if i and i % _START_CHUNK == 0:
                         # A huge pool: let a cancelled start-up end here.
                         await anyio.lowlevel.checkpoint()
                     tg.start_soon(supervise, self._child, r)
+                if self._spares is not None:
+                    tg.start_soon(self._spares.run)
                 self._start_helpers(tg)
                 task_status.started()
                 await anyio.sleep_forever()

@@ -135,6 +135,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._session_router = SessionRouter(LeastLoadedRouter())
         self._scale_lock = anyio.Lock()
         self._scale_target = config.num_replicas
+        self._spares = self._make_spares()
         self._child = ChildSpec(
             start=self._start_incarnation,
             events=self,
@@ -142,6 +143,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
             rng=self._rng,
             starting=lambda: self._starting,
             stopping=lambda: self._closing,
+            spares=self._spares,
         )
         self._itg = None
         self._batchers = {}

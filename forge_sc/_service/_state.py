@@ -22,7 +22,7 @@ import anyio.lowlevel
 from .._batching import Batcher
 from .._config import ServiceConfig
 from .._metrics import Recorder
-from .._replica import ChildSpec, Incarnation, Replica, ReplicaState
+from .._replica import ChildSpec, Incarnation, Replica, ReplicaState, SparePool
 from .._routing import Router, SessionRouter
 from .._spec import EndpointSpec
 from .._waiters import WaitQueue
@@ -56,6 +56,7 @@ class ServiceState:
     _batchers: dict[str, Batcher]
     _rng: random.Random
     _child: ChildSpec
+    _spares: SparePool | None  # warm spares (spare_replicas > 0)
     _cap: int  # replica_max_concurrent_requests
     _max_attempts: int
     # The pool: replicas in index order, and the cache of those with a free slot

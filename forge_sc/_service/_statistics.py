@@ -96,4 +96,6 @@ def snapshot(svc: ServiceState) -> ServiceMetrics:
         uptime=now - svc._t0,
         replicas=tuple(reps),
         batchers=tuple(b.statistics() for b in svc._batchers.values()),
+        ready_spares=0 if svc._spares is None else svc._spares.ready,
+        spares_started=0 if svc._spares is None else svc._spares.started,
     )

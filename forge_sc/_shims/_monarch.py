@@ -13,8 +13,14 @@ Each one is used for a reason Monarch's public API does not cover:
 * ``ready_endpoint``: a call of ``object.__sizeof__`` on an actor mesh, whose answer can
   only follow ``__init__`` (the actor's mailbox is serial): readiness without adding an
   endpoint to the user's class.
-* ``endpoint_method`` / ``endpoint_options``: what a Monarch endpoint descriptor wraps
-  (the function, and the options to rebuild an endpoint like it).
+* ``endpoint_method`` / ``endpoint_options`` / ``set_endpoint_method``: what a Monarch
+  endpoint descriptor wraps (the function, and the options to rebuild an endpoint like
+  it), and replacing that function (forge_sc wraps it to encode tensor results).
+* ``is_concurrent_wrapper``: the marker Monarch sets on the wrapper of a
+  ``concurrent_endpoint`` (such an endpoint does not hold the actor's mailbox).
+* ``EndpointProperty`` / ``actor_kind``: the type of an endpoint descriptor on a class,
+  and Monarch's own check of an actor class (the one ``spawn`` makes), so that a bad
+  class fails before any process starts (see ``forge_sc.mesh._kinds``).
 """
 
 from __future__ import annotations
@@ -28,13 +34,19 @@ from monarch._rust_bindings.monarch_hyperactor.supervision import (
 )
 from monarch._src.actor import supervision as supervision
 from monarch._src.actor.actor_mesh import MethodSpecifier
+from monarch._src.actor.actor_mesh import _actor_kind as actor_kind
+from monarch._src.actor.endpoint import EndpointProperty as EndpointProperty
 
 __all__ = [
+    "EndpointProperty",
     "PythonTask",
     "SupervisionError",
+    "actor_kind",
     "endpoint_method",
     "endpoint_options",
+    "is_concurrent_wrapper",
     "ready_endpoint",
+    "set_endpoint_method",
     "supervision",
 ]
 
@@ -55,6 +67,13 @@ def endpoint_method(value: object) -> Callable[..., Any] | None:
     return method  # type: ignore[no-any-return]
 
 
+def set_endpoint_method(value: object, fn: Callable[..., Any]) -> None:
+    """Make the Monarch endpoint descriptor ``value`` run ``fn`` (on the replica)."""
+    if endpoint_method(value) is None:
+        raise TypeError(f"{value!r} is not a Monarch endpoint")
+    value._method = fn  # type: ignore[attr-defined]
+
+
 def endpoint_options(value: object) -> dict[str, Any]:
     """The keyword options of ``monarch.actor.endpoint`` that built ``value``."""
     return {
@@ -62,3 +81,12 @@ def endpoint_options(value: object) -> dict[str, Any]:
         "explicit_response_port": getattr(value, "_explicit_response_port", False),
         "instrument": getattr(value, "_instrument", True),
     }
+
+
+#: The attribute Monarch sets on the wrapper of a ``concurrent_endpoint``.
+_CONCURRENT_MARKER = "_monarch_concurrent_endpoint_wrapper"
+
+
+def is_concurrent_wrapper(method: object) -> bool:
+    """Whether ``method`` is the wrapper ``concurrent_endpoint`` makes."""
+    return bool(getattr(method, _CONCURRENT_MARKER, False))

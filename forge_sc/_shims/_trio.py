@@ -15,7 +15,13 @@ from typing import Any
 
 import trio
 
-__all__ = ["attempt_abort"]
+__all__ = ["attempt_abort", "is_blocked"]
+
+
+def is_blocked(task: trio.lowlevel.Task) -> bool:
+    """Whether ``task`` waits in ``wait_task_rescheduled`` (it has an abort function),
+    so that :func:`attempt_abort` can interrupt it now."""
+    return task._abort_func is not None
 
 
 def attempt_abort(task: trio.lowlevel.Task, raise_cancel: Callable[[], Any]) -> None:

@@ -47,8 +47,9 @@ from typing import Any, TypeVar
 
 import outcome
 import trio
-from monarch._rust_bindings.monarch_hyperactor.pytokio import PythonTask
 from monarch.actor import Future
+
+from .._shims._monarch import PythonTask
 
 __all__ = ["CallGroup", "LoopPoster", "get_quietly", "loop_poster", "pending_relays", "wait"]
 

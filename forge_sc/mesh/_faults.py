@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 import monarch.actor
-from monarch._src.actor import supervision as _supervision
+
+from .._shims._monarch import supervision as _supervision
 
 __all__ = ["install_fault_hook", "mesh_key", "register", "unregister"]
 

@@ -23,8 +23,7 @@ kind            what the caller gets                         what ends the actor
 
 Calls of the kinds that hold the mailbox (all but ``CONCURRENT``) run one at a time per
 process, in the order they were sent. This module is the one place that reads
-Monarch's endpoint internals (``EndpointProperty._method``,
-``_explicit_response_port``, the concurrent-endpoint marker, ``_actor_kind``).
+Monarch's endpoint internals, each through :mod:`forge_sc._shims._monarch`.
 """
 
 from __future__ import annotations
@@ -36,13 +35,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from monarch._src.actor.actor_mesh import _actor_kind
-from monarch._src.actor.endpoint import EndpointProperty
+
+from .._shims._monarch import (
+    EndpointProperty,
+    actor_kind,
+    endpoint_method,
+    endpoint_options,
+    is_concurrent_wrapper,
+)
+from .._tensors import WIRE_ATTR
 
 __all__ = ["EndpointInfo", "Kind", "check_actor_kind", "endpoint_kinds"]
-
-#: The attribute Monarch sets on the wrapper of a ``concurrent_endpoint``.
-CONCURRENT_MARKER = "_monarch_concurrent_endpoint_wrapper"
 
 
 class Kind(enum.Enum):
@@ -105,9 +108,14 @@ def _endpoint_properties(actor_cls: type[Any]) -> dict[str, Any]:
 
 
 def _info(name: str, prop: Any) -> EndpointInfo:
-    method = prop._method
-    explicit = bool(getattr(prop, "_explicit_response_port", False))
-    if getattr(method, CONCURRENT_MARKER, False):
+    method = endpoint_method(prop)
+    assert method is not None  # an EndpointProperty wraps a function
+    if getattr(method, WIRE_ATTR, False):
+        # A ForgeActor's endpoint as Monarch runs it (its result's tensors encoded
+        # for the wire); the kind, and what FakeMesh calls, are the user's own.
+        method = method.__wrapped__  # type: ignore[attr-defined]
+    explicit = bool(endpoint_options(prop)["explicit_response_port"])
+    if is_concurrent_wrapper(method):
         user = inspect.unwrap(method)
         # The wrapper always takes a port; it added one unless the user's method has it.
         explicit = len(inspect.signature(method).parameters) == len(
@@ -137,4 +145,4 @@ def endpoint_kinds(actor_cls: type[Any]) -> Mapping[str, EndpointInfo]:
 def check_actor_kind(actor_cls: type[Any]) -> None:
     """Raise Monarch's own ``ValueError`` for a class Monarch refuses to spawn (sync
     and async endpoints mixed, a hook of the other kind)."""
-    _actor_kind(actor_cls)
+    actor_kind(actor_cls)

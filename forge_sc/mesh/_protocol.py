@@ -31,6 +31,11 @@ Contract every backend keeps (the core relies on each point):
   :class:`~forge_sc.errors.PlacementError` when ``count`` more replicas like ``spec``
   can never be placed (a pool of hosts too small). The core calls it, once the
   lifespan is entered, before the first spawns and before ``scale_to`` adds replicas.
+* A spawn with ``spare=True`` is a warm spare: it takes no traffic until the core
+  promotes it to serve replica ``idx`` by calling its optional ``promote(idx)``
+  (a backend that files replicas by index, like FakeMesh, files it then); before
+  that its ``idx`` is -1. A spare's ``on_abandoned_settled`` is bound late, to
+  whichever incarnation it becomes.
 """
 
 from __future__ import annotations
@@ -90,6 +95,8 @@ class SpawnSpec:
     hosts: int | None = None
     with_gpus: bool = False
     return_first_rank_result: bool = True
+    #: A warm spare, kept out of rotation until promoted (see the module docstring).
+    spare: bool = False
     #: Called (on the event loop thread) when a call abandoned by a cancelled caller
     #: finally resolves on the replica. Only backends that detach on cancel call it.
     on_abandoned_settled: Callable[[], None] = _noop
@@ -105,7 +112,10 @@ class MeshReplica(Protocol):
 
     # Optional, not part of the structural check: ``death``, how the replica died as
     # fully as the backend knows it once ``stop()`` returned (None if it did not).
-    # The core quotes it as the escalation cause when present.
+    # The core quotes it as the escalation cause when present. ``promote(idx)``: a
+    # warm spare now serves replica ``idx``. ``stop_before_respawn``: True when the
+    # next incarnation must not start before this one's ``stop()`` returned (the core
+    # otherwise starts it while the dead one is stopped).
 
     async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``endpoint`` on this replica and return its result (the first rank's,

@@ -76,14 +76,17 @@ from functools import partial
 from typing import Any, cast
 
 import anyio
-from monarch._rust_bindings.monarch_hyperactor.supervision import SupervisionError
-from monarch._src.actor.actor_mesh import MethodSpecifier
-from monarch.actor import Actor, ActorError, default_bootstrap_cmd, endpoint, this_host
+from monarch.actor import ActorError, default_bootstrap_cmd, this_host
 
+from .._shims._monarch import SupervisionError, ready_endpoint
+from .._shm import SegmentPool, new_prefix, sweep
+from .._shm import available as shm_available
 from .._spec import SETUP_ENDPOINT, setup_endpoint
+from .._tensors import SHM_PREFIX_ENV, CallEncoding, encode_call, torch_loaded
 from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
+from ._health import Health as _Health
 from ._kinds import EndpointInfo, endpoint_kinds
 from ._placement import (
     _CA_REQUIRED,
@@ -101,22 +104,10 @@ __all__ = ["MonarchMesh", "MonarchReplica", "ReplicaStartError", "child_import_p
 log = logging.getLogger(__name__)
 
 
-class _Health(Actor):  # type: ignore[misc]
-    """Answers pings beside the user's actor, so a busy actor is not taken for dead."""
-
-    @endpoint  # type: ignore[untyped-decorator]
-    async def ping(self) -> None:
-        return None
-
-    @endpoint  # type: ignore[untyped-decorator]
-    async def pid(self) -> int:
-        return os.getpid()
-
-    @endpoint  # type: ignore[untyped-decorator]
-    async def exit(self) -> None:
-        """End this process (a replica on a pool whose stop cannot finish: the ranks
-        on hosts that still answer end themselves; a frozen host's, once it thaws)."""
-        os._exit(0)
+def _release_then(enc: CallEncoding, then: Callable[[], None]) -> None:
+    """An abandoned call resolved: remove its one-shot segments, then ``then()``."""
+    enc.release()
+    then()
 
 
 def _open_pidfd(pid: int) -> int | None:
@@ -266,18 +257,13 @@ def child_import_path() -> list[str]:
     return paths
 
 
-def _child_env(gpus: tuple[str, ...]) -> dict[str, str]:
+def _child_env(gpus: tuple[str, ...], shm_prefix: str | None = None) -> dict[str, str]:
     env = {"PYTHONPATH": os.pathsep.join(child_import_path())}
+    if shm_prefix:  # large tensor results go through shared memory (forge_sc._tensors)
+        env[SHM_PREFIX_ENV] = shm_prefix
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     return env
-
-
-def _ready_endpoint(actor_mesh: Any) -> Any:
-    # ``object.__sizeof__`` as an endpoint: its reply can only follow __init__.
-    return actor_mesh._endpoint(
-        MethodSpecifier.ReturnsResponse("__sizeof__"), object.__sizeof__, None
-    )
 
 
 def _summary(report: str) -> str:
@@ -325,8 +311,10 @@ class MonarchReplica:
         "_pool",
         "_post",
         "_procs",
+        "_ranks",
         "_reported",
         "_seq",
+        "_shm_pool",
         "_single",
         "_spec",
         "_started",
@@ -352,9 +340,10 @@ class MonarchReplica:
         self._ping_cut = False
         self._pool = pool
         self._on_stopped = on_stopped
-        self._label = f"replica {spec.idx} ({spec.actor_cls.__name__})"
+        self._label = f"{_who(spec)} ({spec.actor_cls.__name__})"
         # Monarch reports a mesh as "<name, lowercased>-<uid>"; the fault hook maps it back.
-        self._name = f"{spec.actor_cls.__name__}_r{spec.idx}_{secrets.token_hex(4)}".lower()
+        tag = "spare" if spec.spare else f"r{spec.idx}"
+        self._name = f"{spec.actor_cls.__name__}_{tag}_{secrets.token_hex(4)}".lower()
         self._first = spec.return_first_rank_result
         self._single = spec.procs == 1 and (spec.hosts or 1) == 1
         self._on_abandoned = spec.on_abandoned_settled
@@ -383,9 +372,18 @@ class MonarchReplica:
         self._blamed = False
         self._culprits: frozenset[int] = frozenset()
         self._why = ""
+        # Large tensors go through shared memory when the processes are on this host
+        # (this_host(), one host; a pool's hosts may be other machines).
+        self._ranks = spec.procs * (spec.hosts or 1)
+        local = where is None and (spec.hosts or 1) == 1 and shm_available()
+        self._shm_pool = SegmentPool(new_prefix()) if local else None
 
     def __repr__(self) -> str:
         return f"<MonarchReplica {self._label} mesh={self._name}>"
+
+    def promote(self, idx: int) -> None:
+        """This warm spare now serves replica ``idx`` (its messages say so)."""
+        self._label = f"replica {idx} ({self._spec.actor_cls.__name__})"
 
     @property
     def mesh_name(self) -> str:
@@ -407,6 +405,13 @@ class MonarchReplica:
         return self._gpus
 
     @property
+    def stop_before_respawn(self) -> bool:
+        """On a pool of hosts: the next incarnation waits for this one's stop, which
+        gives back its room and marks its hosts suspect when it died (so that the
+        next one is not placed on a lost host)."""
+        return self._where is not None
+
+    @property
     def placement(self) -> Placement | None:
         """The hosts of the pool this replica runs on (None off a pool)."""
         return self._placement
@@ -421,7 +426,8 @@ class MonarchReplica:
             self._gpus = await anyio.to_thread.run_sync(
                 self._pool.acquire, spec.procs * hosts, self._label
             )
-        env = {**_child_env(self._gpus), _TAG: self._name}
+        prefix = None if self._shm_pool is None else self._shm_pool.prefix
+        env = {**_child_env(self._gpus, prefix), _TAG: self._name}
         _faults.register(self._name, self._on_failure)
         _faults.register(self._name + "_health", self._on_failure)
         # Spawning blocks for 10-20 ms (seconds for a ProcessJob): keep it off the loop.
@@ -437,7 +443,7 @@ class MonarchReplica:
                 if fd is not None:
                     self._pidfds[pid] = fd
         await anyio.to_thread.run_sync(self._spawn_actor)
-        await wait(_ready_endpoint(self._actor).call(), self._group)
+        await wait(ready_endpoint(self._actor).call(), self._group)
         if setup_endpoint(self._spec.actor_cls) is not None:
             # The actor's setup() on every rank, before the replica takes traffic;
             # if it raises, the spawn fails with the user's own exception.
@@ -485,6 +491,10 @@ class MonarchReplica:
             for key, arg in kwargs.items():
                 if type(arg) is _TextFile:
                     raise _file_argument(endpoint, f"argument {key!r}", arg)
+        enc = None
+        if torch_loaded():  # else no tensor can be among the arguments
+            enc = CallEncoding(self._shm_pool, self._ranks)
+            args, kwargs = encode_call(args, kwargs, enc)
         ep = getattr(self._actor, endpoint)
         fut = ep.call_one(*args, **kwargs) if self._single else ep.call(*args, **kwargs)
         token = 0
@@ -493,6 +503,8 @@ class MonarchReplica:
             self._seq = token = self._seq + 1
             self._mailbox[token] = endpoint
             on_abandoned = partial(self._abandoned_settled, token)
+        if enc is not None and enc.one_shot:  # (known once the message is pickled)
+            on_abandoned = partial(_release_then, enc, on_abandoned)
         try:
             value: Any = await wait(fut, self._group, on_abandoned)
         except ActorError as exc:
@@ -509,10 +521,16 @@ class MonarchReplica:
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 token = 0  # abandoned: it holds the mailbox until it resolves
+                if enc is not None and enc.one_shot:
+                    # The ranks may not have mapped its segments yet: they are
+                    # removed when the abandoned call resolves (or at stop()).
+                    enc = None
             raise
         finally:
             if token:
                 del self._mailbox[token]
+            if enc is not None and enc.one_shot:
+                enc.release()
         if self._single:
             return value if self._first else [value]
         if self._first:
@@ -634,6 +652,9 @@ class MonarchReplica:
                 if self._job is not None:
                     await anyio.to_thread.run_sync(self._job.kill)
             finally:
+                if self._shm_pool is not None:  # segments of both sides, even a killed one's
+                    self._shm_pool.close()
+                    sweep(self._shm_pool.prefix)
                 _faults.unregister(self._name)
                 _faults.unregister(self._name + "_health")
                 for fd in self._pidfds.values():
@@ -881,7 +902,7 @@ class MonarchMesh:
                 spec.procs,
                 spec.hosts,
                 spec.with_gpus,
-                f"replica {spec.idx} ({spec.actor_cls.__name__})",
+                f"{_who(spec)} ({spec.actor_cls.__name__})",
             )
             where = (self._hostpool, placement)
         replica = MonarchReplica(
@@ -897,6 +918,10 @@ class MonarchMesh:
                 raise _start_error(spec, exc) from None
             raise
         return replica
+
+
+def _who(spec: SpawnSpec) -> str:
+    return "a warm spare" if spec.spare else f"replica {spec.idx}"
 
 
 def _per_host(cmds: list[Any], procs: int, point: Any) -> Any:
@@ -925,6 +950,6 @@ def _start_error(spec: SpawnSpec, exc: BaseException) -> ReplicaStartError:
             "module importable from there (not in a module loaded by file path)."
         )
     return ReplicaStartError(
-        f"replica {spec.idx} ({spec.actor_cls.__name__}) failed to start: {summary}{hint}"
+        f"{_who(spec)} ({spec.actor_cls.__name__}) failed to start: {summary}{hint}"
         f"\n\nMonarch's report:\n{report}"
     )

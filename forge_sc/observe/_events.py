@@ -24,6 +24,7 @@ __all__ = [
     "replica_died",
     "replica_exhausted",
     "replica_healthy",
+    "replica_promoted",
     "replica_restarting",
     "replica_spawn_failed",
     "replica_starting",
@@ -110,6 +111,19 @@ def replica_healthy(svc: Any, idx: int, incarnation: int) -> None:
         "replica.healthy",
         svc,
         f"replica {idx} healthy{again} (incarnation {incarnation})",
+        replica=idx,
+        incarnation=incarnation,
+    )
+
+
+def replica_promoted(svc: Any, idx: int, incarnation: int) -> None:
+    """A warm spare (``spare_replicas``) takes replica ``idx``'s place."""
+    _emit(
+        REPLICA_LOGGER,
+        logging.INFO,
+        "replica.promoted",
+        svc,
+        f"replica {idx}: a warm spare takes its place (incarnation {incarnation})",
         replica=idx,
         incarnation=incarnation,
     )

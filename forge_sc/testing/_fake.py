@@ -46,6 +46,7 @@ import outcome
 import sniffio
 import trio
 
+from .._shims._trio import attempt_abort, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
 from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds
@@ -229,9 +230,9 @@ class _Deliver(trio.abc.Instrument):
         if replica is not None:
             if task not in replica._tasks:  # its call ended meanwhile
                 del self.tasks[task]
-            elif task._abort_func is not None:  # it waits: interrupt it now
+            elif is_blocked(task):  # it waits: interrupt it now
                 del self.tasks[task]
-                task._attempt_abort(_raise_interrupted)
+                attempt_abort(task, _raise_interrupted)
         if not self.tasks:
             trio.lowlevel.remove_instrument(self)
 
@@ -426,6 +427,13 @@ class FakeReplica:
         self._stopped.set()
         await anyio.lowlevel.checkpoint()
 
+    def promote(self, idx: int) -> None:
+        """This warm spare now serves replica ``idx``: faults by index reach it."""
+        self._mesh._spares.discard(self)
+        self._idx = idx
+        self._mesh._current[idx] = self
+        self.refresh()
+
     def refresh(self) -> None:
         """Recompute whether calls may take the hot path."""
         self._fast = (
@@ -464,8 +472,8 @@ class FakeReplica:
         for task in list(self._tasks):
             if task is current:
                 continue
-            if task._abort_func is not None:  # waiting: abort that wait
-                task._attempt_abort(_raise_interrupted)
+            if is_blocked(task):  # waiting: abort that wait
+                attempt_abort(task, _raise_interrupted)
             else:  # runnable: interrupt it at its next wait
                 if not deliver.tasks:
                     trio.lowlevel.add_instrument(deliver)
@@ -498,6 +506,7 @@ class FakeMesh:
         # injected from another thread run there.
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._thread: int | None = None
+        self._spares: set[FakeReplica] = set()  # warm spares not yet promoted
 
     def __repr__(self) -> str:
         return f"FakeMesh(seed={self.seed!r})"
@@ -514,7 +523,7 @@ class FakeMesh:
         finally:
             self._in_use = False
             self._token = self._thread = None
-            for replica in self._current.values():
+            for replica in [*self._current.values(), *self._spares]:
                 replica._end(_Life.STOPPED)
 
     def _table(self, actor_cls: type[Any]) -> _Table:
@@ -557,7 +566,10 @@ class FakeMesh:
                 if inspect.isawaitable(result):
                     await result
         replica = FakeReplica(self, spec, ranks, table)
-        self._current[idx] = replica
+        if spec.spare:  # filed under an index once promoted (FakeReplica.promote)
+            self._spares.add(replica)
+        else:
+            self._current[idx] = replica
         return replica
 
     # ---------------------------------------------------------------- faults

@@ -74,6 +74,12 @@ class Hostile(ForgeActor):
         await anyio.sleep(max(seconds))
         return seconds
 
+    # A batch that stays pending long enough to be seen pending on a busy machine.
+    @service_endpoint(batch_size=4, batch_timeout=0.5)
+    async def bnap_patient(self, seconds: list[float]) -> list[float]:
+        await anyio.sleep(max(seconds))
+        return seconds
+
     @service_endpoint(batch_size=4, batch_timeout=0.001)
     async def bshape(self, kinds: list[str]) -> Any:
         kind = kinds[0]

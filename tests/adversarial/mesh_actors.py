@@ -19,8 +19,10 @@ from monarch.actor import endpoint as monarch_endpoint
 from forge_sc import ForgeActor, endpoint, service_endpoint
 
 # When this module is imported in a replica's process (by the thread that builds the
-# user's actor), were forge_sc and its Monarch backend fully imported already?
-_spec = getattr(sys.modules.get("forge_sc.mesh.monarch"), "__spec__", None)
+# user's actor), were forge_sc and the health actor's module (forge_sc.mesh._health,
+# whose import imports the forge_sc package first) fully imported already, by the
+# health actor's build, which must finish before the user's actor is built?
+_spec = getattr(sys.modules.get("forge_sc.mesh._health"), "__spec__", None)
 FORGE_SC_WAS_IMPORTED = _spec is not None and not getattr(_spec, "_initializing", True)
 
 

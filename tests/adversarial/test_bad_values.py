@@ -33,6 +33,7 @@ ALWAYS_BAD: list[Any] = ["1", b"1", [1], {}, object(), 1j, NAN, INF, -INF, HUGE,
 
 INT_FIELDS = {  # name: (lowest accepted, highest accepted, None accepted)
     "num_replicas": (1, MAX_REPLICAS, False),
+    "spare_replicas": (0, MAX_REPLICAS, False),
     "procs": (1, MAX_PROCS, False),
     "hosts": (1, MAX_HOSTS, True),
     "replica_max_concurrent_requests": (1, MAX_CONCURRENT_REQUESTS, False),
@@ -130,6 +131,8 @@ ENDPOINT_BAD: list[tuple[str, Any]] = [
     *[("batch_timeout", v) for v in [*ALWAYS_BAD, True, False, -1, -0.001, 1e309, None]],
     *[("idempotent", v) for v in [*ALWAYS_BAD, 0, 1, None, "yes"]],
     *[("router", v) for v in [1, "RoundRobinRouter", None, object(), int, FakeMesh]],
+    *[("collate", v) for v in [*ALWAYS_BAD, True, 3, "list", "stacked", "Stack"]],
+    *[("split", v) for v in [*ALWAYS_BAD, True, 3, "list", "split", "stack"]],
 ]
 
 
@@ -144,6 +147,24 @@ def test_a_bad_endpoint_option_is_refused_at_decoration(option: str, value: Any)
     message = str(info.value)
     assert option in message and "ep" in message
     assert len(message) < 400
+
+
+@pytest.mark.parametrize(("option", "value"), [("collate", "stack"), ("split", "unbind")])
+def test_collate_and_split_on_an_unbatched_endpoint_are_refused(option: str, value: str) -> None:
+    with pytest.raises(ValueError, match="batched endpoints only"):
+
+        @service_endpoint(**{option: value})
+        async def ep(self: Any, x: Any) -> Any:
+            return x
+
+    # Accepted on a batched endpoint, and so is a callable.
+    @service_endpoint(batch_size=2, **{option: value})
+    async def ok(self: Any, xs: Any) -> Any:
+        return xs
+
+    @service_endpoint(batch_size=2, **{option: list})
+    async def ok_callable(self: Any, xs: Any) -> Any:
+        return xs
 
 
 def test_a_router_factory_that_returns_no_router_fails_clearly() -> None:

@@ -22,7 +22,7 @@ async def test_a_batch_whose_callers_all_left_leaves_the_queue_and_never_runs() 
     against max_queued_requests) and never run."""
     async with checked_service(replica_max_concurrent_requests=1, max_queued_requests=2) as svc:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(svc.nap.route, 0.3)  # holds the only slot
+            tg.start_soon(svc.nap.route, 60)  # holds the only slot until cancelled below
             await wait_for(lambda: svc.statistics().active_requests == 1)
             refused = 0
             for i in range(6):
@@ -34,6 +34,7 @@ async def test_a_batch_whose_callers_all_left_leaves_the_queue_and_never_runs() 
                 # The batch is withdrawn at its task's next turn.
                 await wait_for(lambda: svc.statistics().queue_depth == 0, 1.0, f"batch {i}")
             assert refused == 0  # nothing counted against max_queued_requests
+            tg.cancel_scope.cancel()
         # The slot is free again: the orphan batches did not run.
         await svc.value.route()
         assert svc._mesh.actor(0).seen == []  # type: ignore[attr-defined]
@@ -91,10 +92,13 @@ async def test_a_cancelled_batched_caller_at_every_stage_leaves_nothing(stage: s
                 tg.start_soon(svc.nap.route, 0.1)
                 await wait_for(lambda: svc.statistics().active_requests == 1)
             scopes = [anyio.CancelScope() for _ in range(3)]
+            # "pending" must see the batch before its timeout sends it: a 5 ms one can
+            # go out while the test is not scheduled.
+            batched = svc.bnap_patient if stage == "pending" else svc.bnap
 
             async def caller(i: int) -> None:
                 with scopes[i]:
-                    results.append(await svc.bnap.route(0.05))
+                    results.append(await batched.route(0.05))
 
             for i in range(3):
                 tg.start_soon(caller, i)

@@ -33,8 +33,10 @@ async def _concurrently(svc: Any, first: int, second: int) -> list[BaseException
         tg.start_soon(scale, first)
         # The first call is under way: replicas added, or being drained.
         await wait_for(
-            lambda: len(svc.replicas) != before
-            or any(r.state is ReplicaState.STOPPING for r in svc.replicas),
+            lambda: (
+                len(svc.replicas) != before
+                or any(r.state is ReplicaState.STOPPING for r in svc.replicas)
+            ),
             1.0,
         )
         tg.start_soon(scale, second)

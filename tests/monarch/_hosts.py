@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ._support import pid_alive, proc_stat, process_tree
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh interpreter: fork, setsid, fork again, exec the worker; print its pid.
@@ -46,47 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def tree(root: int, sessions: set[int] | None = None) -> set[int]:
-    """``root`` and every live process below it (parent links), plus the live members
-    of its session and of ``sessions``."""
-    children: dict[int, list[int]] = {}
-    found: set[int] = set()
-    sid = _stat(root)
-    wanted = set(sessions or ())
-    if sid is not None:
-        wanted.add(int(sid[3]))
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat(int(entry))
-        if fields is None or fields[0] in ("Z", "X"):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        if int(fields[3]) in wanted:
-            found.add(int(entry))
-    out = {root} if _alive(root) else set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            out.add(child)
-            todo.append(child)
-    return out | found
 
 
 def _listening(port: int) -> bool:
@@ -127,12 +88,12 @@ class Host:
             check=True,
         )
         self.pid = int(out.stdout.strip())
-        fields = _stat(self.pid)
+        fields = proc_stat(self.pid)
         if fields is not None:
             self.sessions.add(int(fields[3]))
         deadline = time.monotonic() + timeout
         while not _listening(self.port):
-            if not _alive(self.pid):
+            if not pid_alive(self.pid):
                 raise RuntimeError(f"{self} exited at start; its log:\n{self.read_log()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self} does not listen after {timeout}s:\n{self.read_log()}")
@@ -146,7 +107,7 @@ class Host:
     def processes(self) -> set[int]:
         """The worker and everything under it (and whatever is left of the workers
         started here before)."""
-        return set() if self.pid is None else tree(self.pid, self.sessions)
+        return set() if self.pid is None else process_tree(self.pid, self.sessions)
 
     def replica_processes(self) -> set[int]:
         """The processes under the worker (the replicas' procs), not the worker."""
@@ -170,9 +131,9 @@ class Host:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in self.processes()) and time.monotonic() < deadline:
+        while any(pid_alive(p) for p in self.processes()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not any(_alive(p) for p in self.processes()), f"{self} survived SIGKILL"
+        assert not any(pid_alive(p) for p in self.processes()), f"{self} survived SIGKILL"
 
     def stop_all(self) -> set[int]:
         """SIGSTOP every process of the host (a partition: alive, not answering)."""

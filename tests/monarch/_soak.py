@@ -1,4 +1,4 @@
-"""Chaos soak on real Monarch processes: the core of ``scripts/soak.py`` and of
+"""Chaos soak on real Monarch processes: the core of ``python -m scripts.soak`` and of
 ``tests/monarch/test_soak.py``.
 
 ``run_soak(SoakConfig(...))`` opens a service of :class:`SoakActor` on real Monarch

@@ -11,23 +11,38 @@ from forge_sc.mesh import SpawnSpec
 from forge_sc.mesh.monarch import MonarchMesh, MonarchReplica
 
 
-def live_descendants(root: int | None = None) -> set[int]:
-    """Pids of every live (not zombie) process below ``root`` (default: this one)."""
-    children: dict[int, list[int]] = {}
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command (state, ppid, pgrp,
+    session, ...), or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def pid_alive(pid: int) -> bool:
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _live_processes() -> dict[int, list[str]]:
+    table: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] in ("Z", "X"):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
+        if entry.isdigit():
+            fields = proc_stat(int(entry))
+            if fields is not None and fields[0] not in ("Z", "X"):
+                table[int(entry)] = fields
+    return table
+
+
+def _below(root: int, table: dict[int, list[str]]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, fields in table.items():
+        children.setdefault(int(fields[1]), []).append(pid)
     out: set[int] = set()
-    todo = [os.getpid() if root is None else root]
+    todo = [root]
     while todo:
         for child in children.get(todo.pop(), ()):
             out.add(child)
@@ -35,13 +50,20 @@ def live_descendants(root: int | None = None) -> set[int]:
     return out
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
+def live_descendants(root: int | None = None) -> set[int]:
+    """Pids of every live (not zombie) process below ``root`` (default: this one)."""
+    return _below(os.getpid() if root is None else root, _live_processes())
+
+
+def process_tree(root: int, sessions: set[int] | None = None) -> set[int]:
+    """``root`` and every live process below it (parent links), plus the live members
+    of its session and of ``sessions`` (Monarch's procs start sessions of their own)."""
+    table = _live_processes()
+    wanted = set(sessions or ())
+    if root in table:
+        wanted.add(int(table[root][3]))
+    found = {pid for pid, fields in table.items() if int(fields[3]) in wanted}
+    return ({root} if root in table else set()) | _below(root, table) | found
 
 
 def wait_until(cond: Callable[[], object], timeout: float = 5.0) -> bool:
@@ -60,3 +82,9 @@ async def spawn(
     """Spawn one replica with ``SpawnSpec`` options; ``kwargs=`` goes to the actor."""
     spec = SpawnSpec(actor_cls=actor_cls, args=args, **{"idx": 0, **options})
     return await mesh.spawn(spec)
+
+
+#: ``health_timeout`` for tests that count restarts exactly but do not test the health
+#: probe: with both cores busy a ping can take over the default 1 s, and the probe then
+#: (rightly) restarts a healthy replica, which those counts do not expect.
+STEADY_HEALTH_TIMEOUT = 30.0

@@ -21,7 +21,7 @@ from forge_sc.mesh.monarch import STOP_GRACE, MonarchMesh
 from ..adversarial.mesh_actors import BASE_EXCEPTIONS, InitBoom, Poison, Reader
 from ..adversarial.mesh_cases import CASES, Case, run_case
 from ..conftest import wait_for
-from ._support import live_descendants, pid_alive, spawn
+from ._support import STEADY_HEALTH_TIMEOUT, live_descendants, pid_alive, proc_stat, spawn
 from .service_actors import SlowInit
 
 pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
@@ -39,7 +39,9 @@ async def test_endpoint_kind_behaves_as_on_fakemesh(case: Case) -> None:
 
 @pytest.mark.parametrize("kind", sorted(BASE_EXCEPTIONS))
 async def test_a_request_that_kills_its_replica_is_not_re_sent(kind: str) -> None:
-    async with open_service(Poison, max_restarts=2, restart_backoff=0.01) as svc:
+    async with open_service(
+        Poison, max_restarts=2, restart_backoff=0.01, health_timeout=STEADY_HEALTH_TIMEOUT
+    ) as svc:
         first = await svc.os_pid.route()
         with anyio.fail_after(30):
             with pytest.raises(RequestKilledReplicaError) as info:
@@ -55,7 +57,9 @@ async def test_a_request_that_kills_its_replica_is_not_re_sent(kind: str) -> Non
 async def test_requests_queued_behind_the_poison_are_retried() -> None:
     # One process: the calls run one at a time in the order sent; the one before the
     # poison answered, the ones after it were queued there and go to the new one.
-    async with open_service(Poison, max_restarts=2, restart_backoff=0.01) as svc:
+    async with open_service(
+        Poison, max_restarts=2, restart_backoff=0.01, health_timeout=STEADY_HEALTH_TIMEOUT
+    ) as svc:
         answers: list[int] = []
         errors: list[BaseException] = []
 
@@ -83,7 +87,9 @@ async def test_requests_queued_behind_the_poison_are_retried() -> None:
 
 
 async def test_a_poisoned_batch_fails_its_callers_once() -> None:
-    async with open_service(Poison, max_restarts=2, restart_backoff=0.01) as svc:
+    async with open_service(
+        Poison, max_restarts=2, restart_backoff=0.01, health_timeout=STEADY_HEALTH_TIMEOUT
+    ) as svc:
         outcomes: list[object] = []
 
         async def one(x: int) -> None:
@@ -103,6 +109,9 @@ async def test_a_poisoned_batch_fails_its_callers_once() -> None:
 
 
 async def test_a_sigstopped_replica_is_replaced_and_the_service_closes_in_time() -> None:
+    # The bounds are forge_sc's own: noticing a hang (a poll plus health_timeout) and
+    # closing (graceful, then a kill). Spawning the replacement is Monarch's and the
+    # machine's time, so it is waited for, not bounded (under load it takes seconds).
     health_timeout, graceful = 0.5, 1.0
     bound = health_timeout + graceful + 2.0
     outcomes: list[object] = []
@@ -126,9 +135,10 @@ async def test_a_sigstopped_replica_is_replaced_and_the_service_closes_in_time()
             t0 = time.monotonic()
             os.kill(pids[0], signal.SIGSTOP)
             with anyio.fail_after(60):
+                await wait_for(lambda: not svc.replicas[0].healthy, timeout=60)
+                noticed = time.monotonic() - t0
                 await wait_for(lambda: svc.replicas[0].restarts == 1, timeout=60)
                 await wait_for(lambda: svc.replicas[0].healthy, timeout=60)
-            replaced = time.monotonic() - t0
             assert (await svc.os_pid.fanout())[1] == pids[1]
             assert not pid_alive(pids[0])
             # Stop the new one too, and leave while a request waits on it.
@@ -138,16 +148,15 @@ async def test_a_sigstopped_replica_is_replaced_and_the_service_closes_in_time()
             await wait_for(lambda: svc.statistics().active_requests >= 1)
             t1 = time.monotonic()
         closed = time.monotonic() - t1
-    assert replaced <= bound, f"replaced after {replaced:.2f}s (bound {bound}s)"
+    assert noticed <= bound, f"noticed after {noticed:.2f}s (bound {bound}s)"
     assert closed <= bound, f"closed after {closed:.2f}s (bound {bound}s)"
     assert not pid_alive(stopped)
     assert len(outcomes) == 1
 
 
 def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2 :].split()[0] == "T"
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] == "T"
 
 
 @pytest.mark.parametrize("when", ["in its constructor", "before it answers anything"])
@@ -203,7 +212,7 @@ async def test_a_constructor_raising_a_base_exception_fails_the_start_plainly() 
 async def test_an_open_text_file_argument_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "data.txt"
     path.write_text("hello")
-    async with open_service(Reader) as svc:
+    async with open_service(Reader, health_timeout=STEADY_HEALTH_TIMEOUT) as svc:
         with path.open() as f:
             with pytest.raises(TypeError, match="is an open text file"):
                 await svc.read.route(f)

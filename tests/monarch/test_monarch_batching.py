@@ -14,6 +14,7 @@ import pytest
 from forge_sc import open_service
 
 from ..conftest import wait_for
+from ._support import STEADY_HEALTH_TIMEOUT
 from .service_actors import Scaler
 
 pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
@@ -51,7 +52,12 @@ async def test_concurrent_callers_are_merged_in_order() -> None:
 async def test_replica_killed_while_running_batches(tmp_path: Path) -> None:
     answered = 0
     async with open_service(
-        Scaler, 0.2, str(tmp_path), num_replicas=2, restart_backoff=0.05
+        Scaler,
+        0.2,
+        str(tmp_path),
+        num_replicas=2,
+        restart_backoff=0.05,
+        health_timeout=STEADY_HEALTH_TIMEOUT,
     ) as svc:
         pids = await svc.pid.fanout()
         busy = tmp_path / f"busy-{pids[0]}"

@@ -19,7 +19,7 @@ from forge_sc import ReplicaState, open_service
 from forge_sc.errors import NoHealthyReplicasError, ServiceFailedError
 
 from ..conftest import wait_for
-from ._support import live_descendants, pid_alive, wait_until
+from ._support import STEADY_HEALTH_TIMEOUT, live_descendants, pid_alive, wait_until
 from .monarch_actors import BoomError, Worker
 from .service_actors import Doomed, SlowInit
 
@@ -41,7 +41,9 @@ def _init_pids(marker_dir: Path) -> list[int]:
 async def test_os_exit_inside_an_endpoint_during_traffic() -> None:
     answered = 0
     doomed: int | None = None  # the pid that exits on its next echo_or_exit
-    async with open_service(Doomed, num_replicas=2, restart_backoff=0.05) as svc:
+    async with open_service(
+        Doomed, num_replicas=2, restart_backoff=0.05, health_timeout=STEADY_HEALTH_TIMEOUT
+    ) as svc:
         pids = await svc.pid.fanout()
         assert len(set(pids)) == 2
 
@@ -130,7 +132,12 @@ async def test_escalation_stops_every_process() -> None:
         async with anyio.create_task_group() as outer:
             with pytest.raises(ServiceFailedError, match="restart budget") as info:
                 async with open_service(
-                    Doomed, num_replicas=1, max_restarts=1, restart_backoff=0.05, max_attempts=5
+                    Doomed,
+                    num_replicas=1,
+                    max_restarts=1,
+                    restart_backoff=0.05,
+                    max_attempts=5,
+                    health_timeout=STEADY_HEALTH_TIMEOUT,
                 ) as svc:
                     pids.append(await svc.pid.route())
 

@@ -17,7 +17,7 @@ from forge_sc.errors import ServiceClosedError, ServiceFailedError
 from forge_sc.mesh.monarch import MonarchMesh, ReplicaStartError
 
 from ..conftest import wait_for
-from ._support import live_descendants, pid_alive, wait_until
+from ._support import STEADY_HEALTH_TIMEOUT, live_descendants, pid_alive, wait_until
 from .monarch_actors import BadInit, BoomError, Worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.monarch]
@@ -63,7 +63,11 @@ async def test_route_fanout_sessions() -> None:
 async def test_kill_during_traffic_loses_no_request() -> None:
     answered = 0
     async with open_service(
-        Worker, num_replicas=2, health_poll_rate=0.2, restart_backoff=0.05
+        Worker,
+        num_replicas=2,
+        health_poll_rate=0.2,
+        restart_backoff=0.05,
+        health_timeout=STEADY_HEALTH_TIMEOUT,
     ) as svc:
         pids = await svc.pid.fanout()
 

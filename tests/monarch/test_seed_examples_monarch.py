@@ -11,6 +11,7 @@ process behind (the ``no_process_left`` fixture, plus explicit checks).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -129,9 +130,16 @@ async def test_002_actor_endpoints() -> None:
 
 
 async def test_002_batch_routing(anyio_backend: str) -> None:
-    """Seed 002, "Usage > Batch Routing", as written: 16 requests are grouped into 2
-    batches of 8, routed round-robin across replicas. ``asyncio.gather`` exists only
-    on asyncio; on trio the same 16 concurrent calls run in a task group."""
+    """Seed 002, "Usage > Batch Routing", as written: 16 requests are grouped into
+    batches of at most 8, routed round-robin across replicas. ``asyncio.gather`` exists
+    only on asyncio; on trio the same 16 concurrent calls run in a task group.
+
+    The seed's "2 batches of 8" holds when all 16 calls reach the service within its
+    ``batch_timeout`` (10 ms). Here each call crosses from the test's loop to the
+    service's thread, so on a busy machine a batch can go out by its timeout first;
+    the exact grouping is checked in ``tests/test_seed_examples.py``, where the 16
+    calls arrive in one scheduler pass. What holds however the calls arrive is
+    checked here."""
     inputs = list(range(16))
     service = await MyActor.options(num_replicas=4).as_service()
     try:
@@ -149,12 +157,16 @@ async def test_002_batch_routing(anyio_backend: str) -> None:
                 for i, data in enumerate(inputs):
                     tg.start_soon(one, i, data)
         assert [o[0] for o in out] == inputs
-        assert [o[2] for o in out] == [8] * 16  # every result came from a batch of 8
-        pids = [pid for _, pid, _ in by_replica]
-        # The two batches went to replicas 0 and 1, in turn.
-        assert sorted({o[1] for o in out}) == sorted(pids[:2])
+        sizes = Counter(o[2] for o in out)  # each result names the size of its batch
+        assert all(1 <= size <= 8 and n % size == 0 for size, n in sizes.items()), sizes
+        batches = sum(n // size for size, n in sizes.items())
         (batcher,) = service.get_metrics().batchers
-        assert (batcher.items_sent, batcher.flushes_by_size) == (16, 2)
+        assert batcher.items_sent == 16
+        assert batcher.flushes_by_size == sizes[8] // 8
+        assert batcher.flushes_by_size + batcher.flushes_by_timeout == batches
+        # Round robin: the batches went to replicas 0, 1, ... in turn.
+        pids = [pid for _, pid, _ in by_replica]
+        assert {o[1] for o in out} == set(pids[: min(batches, 4)])
     finally:
         await service.shutdown()
 

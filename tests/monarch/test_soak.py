@@ -1,5 +1,5 @@
 """A short chaos soak on real Monarch processes, on both backends: 64 callers, 4
-replicas, a replica process SIGKILLed every 1-2.5 s. ``scripts/soak.py`` runs the
+replicas, a replica process SIGKILLed every 1-2.5 s. ``python -m scripts.soak`` runs the
 long version (see docs/fault_model.md, "Chaos soak")."""
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ async def test_chaos_soak_loses_nothing() -> None:
 
 def test_soak_script_reports_json_and_exit_status() -> None:
     """The CLI end to end: a 3 s soak in its own process, a JSON report, status 0."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+    root = Path(__file__).resolve().parents[2]
     args = ["--seconds", "3", "--callers", "16", "--kill-interval", "0.5", "1"]
     proc = subprocess.run(
-        [sys.executable, str(script), *args, "--backend", "trio", "--json", "--quiet"],
+        [sys.executable, "-m", "scripts.soak", *args, "--backend", "trio", "--json", "--quiet"],
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,0 +1,349 @@
+"""Tensors in the call path: the wire encoding, shared memory, collate and split.
+
+The encoding is checked through ``pickle`` (protocol 5, as Monarch pickles), in this
+process; ``tests/monarch/test_monarch_tensors.py`` checks it across real processes.
+Every test here needs torch and is skipped without it (``tests/test_no_torch.py``
+checks that forge_sc itself never imports torch).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+from typing import Any
+
+import anyio
+import pytest
+
+from forge_sc import ForgeActor, _shm, _tensors, open_service, service_endpoint
+from forge_sc._spec import collect_endpoints
+from forge_sc.errors import BatchResultError
+from forge_sc.testing import FakeMesh
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.anyio
+
+
+def roundtrip(obj: Any, enc: _tensors.CallEncoding | None = None) -> Any:
+    args, _ = _tensors.encode_call((obj,), {}, enc)
+    return pickle.loads(pickle.dumps(args, protocol=5))[0]
+
+
+def same(a: Any, b: Any) -> None:
+    assert type(b) is torch.Tensor
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(a, b)
+
+
+def cases() -> list[Any]:
+    base = torch.arange(48, dtype=torch.float32).reshape(4, 12)
+    return [
+        torch.randn(3, 4),
+        torch.tensor(2.5, dtype=torch.float64),  # 0-d
+        torch.zeros(0, 5),  # empty
+        torch.arange(10, dtype=torch.int64)[::3],  # strided view
+        base.t(),  # transposed
+        base[1:3, 2:7],  # a view with an offset into a larger storage
+        torch.randn(2, 3).to(torch.bfloat16),
+        torch.randn(5).to(torch.float16),
+        torch.tensor([True, False, True]),
+        torch.randint(0, 255, (6,), dtype=torch.uint8),
+        torch.randint(-100, 100, (2, 2), dtype=torch.int8),
+        torch.randint(-(2**30), 2**30, (3,), dtype=torch.int32),
+        torch.randn(3, dtype=torch.complex64),
+        torch.randn(2, 2).to(torch.float8_e4m3fn),
+        torch.randn(4, 4).expand(2, 4, 4),  # stride 0
+    ]
+
+
+@pytest.mark.parametrize("i", range(15))
+def test_tensors_round_trip_exactly(i: int) -> None:
+    x = cases()[i]
+    y = roundtrip(x)
+    if x.dtype == torch.float8_e4m3fn:  # no equal() for float8: compare the bits
+        assert y.dtype == x.dtype and y.shape == x.shape
+        assert torch.equal(x.view(torch.uint8), y.view(torch.uint8))
+    else:
+        same(x, y)
+    assert y.is_contiguous()
+
+
+def test_older_pickle_protocols_work_too() -> None:
+    x = torch.randn(3, 4).t()
+    args, _ = _tensors.encode_call((x,), {}, None)
+    for protocol in (2, 4):
+        same(x, pickle.loads(pickle.dumps(args, protocol=protocol))[0])
+
+
+def test_nested_tensors_and_others_round_trip() -> None:
+    x, y = torch.randn(3), torch.arange(4)
+    value = {"a": [x, 1, "s"], "b": (y, {"c": x}), "n": None}
+    out = roundtrip(value)
+    same(x, out["a"][0])
+    assert out["a"][1:] == [1, "s"]
+    same(y, out["b"][0])
+    same(x, out["b"][1]["c"])
+    assert out["n"] is None
+
+
+def test_values_without_tensors_are_left_alone() -> None:
+    args = ([1.0, 2.0], {"k": (1, 2)}, "x")
+    assert _tensors.encode_call(args, {"z": [3]}, None) == (args, {"z": [3]})
+    out, _ = _tensors.encode_call(args, {}, None)
+    assert out is args  # the very objects, not copies
+
+
+def test_requires_grad_is_kept_and_other_tensors_fall_back() -> None:
+    x = torch.randn(3, requires_grad=True)
+    y = roundtrip(x)
+    assert y.requires_grad and y.is_leaf and torch.equal(x.detach(), y.detach())
+    p = torch.nn.Parameter(torch.randn(2))
+    out = roundtrip(p)  # a subclass: torch's own pickling, as before
+    assert isinstance(out, torch.nn.Parameter) and torch.equal(p, out)
+    s = torch.randn(3, 3).to_sparse()
+    assert torch.equal(roundtrip(s).to_dense(), s.to_dense())
+
+
+def test_a_row_travels_without_its_base_storage() -> None:
+    big = torch.randn(1000, 64)
+    row = big[7]
+    compact = pickle.dumps(_tensors.encode_call((row,), {}, None)[0], protocol=5)
+    default = pickle.dumps((row,), protocol=5)
+    assert len(compact) < 64 * 4 + 200 < len(default)
+
+
+@pytest.fixture
+def pool() -> Any:
+    if not _shm.available():
+        pytest.skip("no /dev/shm here")
+    p = _shm.SegmentPool(_shm.new_prefix())
+    yield p
+    p.close()
+    _shm.sweep(p.prefix)
+
+
+def files(prefix: str) -> list[str]:
+    return sorted(f for f in os.listdir(_shm.SHM_DIR) if f.startswith(prefix))
+
+
+def test_large_tensors_go_through_shared_memory_and_the_segment_is_reused(pool: Any) -> None:
+    enc = _tensors.CallEncoding(pool)
+    x = torch.randn(_tensors.SHM_MIN_BYTES // 4 + 3)
+    stream = pickle.dumps(_tensors.encode_call((x,), {}, enc)[0], protocol=5)
+    assert len(stream) < 1000  # only the segment's name travels
+    (name,) = files(pool.prefix)
+    assert _shm.state(name) == _shm.SENT
+    y = pickle.loads(stream)[0]
+    same(x, y)
+    assert _shm.state(name) == _shm.SENT  # the receiver holds it
+    del y
+    gc.collect()
+    assert _shm.state(name) == _shm.FREE  # released with the last tensor on it
+    for _ in range(3):  # reused, not a new segment per call
+        same(x, pickle.loads(pickle.dumps(_tensors.encode_call((x,), {}, enc)[0], protocol=5))[0])
+        gc.collect()
+    assert files(pool.prefix) == [name]
+
+
+def test_a_segment_still_held_is_not_overwritten(pool: Any) -> None:
+    enc = _tensors.CallEncoding(pool)
+    n = _tensors.SHM_MIN_BYTES // 4
+    first = roundtrip(torch.zeros(n), enc)
+    second = roundtrip(torch.ones(n), enc)
+    assert torch.equal(first, torch.zeros(n)) and torch.equal(second, torch.ones(n))
+    assert len(files(pool.prefix)) == 2
+
+
+def test_one_shot_segments_for_several_receivers_are_removed_by_the_sender(pool: Any) -> None:
+    enc = _tensors.CallEncoding(pool, receivers=2)
+    x = torch.randn(_tensors.SHM_MIN_BYTES // 4)
+    stream = pickle.dumps(_tensors.encode_call((x,), {}, enc)[0], protocol=5)
+    a, b = pickle.loads(stream)[0], pickle.loads(stream)[0]  # two ranks
+    same(x, a)
+    same(x, b)
+    assert len(enc.one_shot) == 1
+    enc.release()  # the call ended
+    assert files(pool.prefix) == []
+    same(x, a)  # the receivers' mappings stay valid
+
+
+def test_sweep_removes_what_a_dead_process_left(pool: Any) -> None:
+    enc = _tensors.CallEncoding(pool)
+    roundtrip(torch.randn(_tensors.SHM_MIN_BYTES // 4), enc)
+    # A replica's own segments under the same prefix (as a killed one leaves them).
+    other = _shm.SegmentPool(pool.prefix + "child-")
+    other.acquire(10)
+    assert len(files(pool.prefix)) == 2
+    assert _shm.sweep(pool.prefix) == 2
+    assert files(pool.prefix) == []
+
+
+def test_results_of_forge_actors_are_encoded_on_the_way_back() -> None:
+    class Maker(ForgeActor):
+        @service_endpoint
+        async def make(self) -> Any:
+            return {"t": torch.arange(3)}
+
+    prop = Maker.__dict__["make"]
+    assert prop._method._forge_sc_wire
+    wire = anyio.run(prop._method, Maker.__new__(Maker))
+    assert type(wire["t"]).__name__ == "_Wire"
+    same(torch.arange(3), pickle.loads(pickle.dumps(wire, protocol=5))["t"])
+    # In-process (FakeMesh), the endpoint's own function runs: no encoding.
+    assert not getattr(collect_endpoints(Maker)["make"].fn, "_forge_sc_wire", False)
+
+
+# ---------------------------------------------------------------- collate / split
+
+
+def test_stack_rows_and_unbind_result() -> None:
+    rows = [torch.randn(4) for _ in range(3)]
+    stacked = _tensors.stack_rows(rows)
+    assert stacked.shape == (3, 4) and torch.equal(stacked[1], rows[1])
+    assert _tensors.stack_rows([[1.0], [2.0]]) == [[1.0], [2.0]]
+    odd = [torch.randn(2), 3]  # not all tensors: the list itself
+    assert _tensors.stack_rows(odd) is odd
+    with pytest.raises(ValueError, match="cannot stack"):
+        _tensors.stack_rows([torch.randn(4), torch.randn(5)])
+    with pytest.raises(ValueError, match="cannot stack"):
+        _tensors.stack_rows([torch.randn(4), torch.randn(4).double()])
+    parts = _tensors.unbind_result(stacked)
+    assert len(parts) == 3 and torch.equal(parts[2], rows[2])
+    assert _tensors.unbind_result([1, 2]) == [1, 2]
+
+
+class Model(ForgeActor):
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    @service_endpoint(batch_size=4, batch_timeout=0.05)
+    async def double(self, xs: list[Any]) -> list[Any]:
+        self.seen.append(xs)
+        return [x * 2 for x in xs]
+
+    @service_endpoint(batch_size=4, batch_timeout=0.05, collate="stack", split="unbind")
+    async def stacked(self, xs: Any, scale: Any = None) -> Any:
+        self.seen.append((xs, scale))
+        factor = 2 if scale is None else torch.tensor(scale).unsqueeze(1)
+        return xs * factor
+
+    @service_endpoint(batch_size=4, batch_timeout=0.05)
+    async def as_tensor(self, xs: list[Any]) -> Any:
+        return torch.stack(xs) * 2  # a tensor, without split="unbind"
+
+    @service_endpoint(batch_size=4, batch_timeout=0.05, collate="stack", split="unbind")
+    async def short(self, xs: Any) -> Any:
+        return xs[:1]
+
+    @service_endpoint(
+        batch_size=4,
+        batch_timeout=0.05,
+        collate=lambda values: ("mine", values),
+        split=lambda result: result["out"],
+    )
+    async def custom(self, xs: Any) -> Any:
+        self.seen.append(xs)
+        tag, values = xs
+        return {"out": [f"{tag}:{v}" for v in values]}
+
+
+async def _gather(fn: Any, rows: list[Any], **kwargs: Any) -> list[Any]:
+    out: list[Any] = [None] * len(rows)
+
+    async def one(i: int) -> None:
+        out[i] = await fn(rows[i], **kwargs)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(rows)):
+            tg.start_soon(one, i)
+    return out
+
+
+async def test_by_default_a_batch_of_tensor_rows_arrives_as_a_list() -> None:
+    # The batching contract: one list per parameter, a list back of the same length.
+    mesh = FakeMesh(seed=1)
+    async with open_service(Model, mesh=mesh) as svc:
+        rows = [torch.full((3,), float(i)) for i in range(4)]
+        out = await _gather(svc.double.route, rows)
+        for r, o in zip(rows, out, strict=True):
+            same(r * 2, o)
+        (batch,) = mesh.actor(0).seen
+        assert type(batch) is list and len(batch) == 4
+        assert all(type(x) is torch.Tensor and x.shape == (3,) for x in batch)
+        # A call in a session goes alone, as a list of one.
+        async with svc.session():
+            same(rows[1] * 2, await svc.double.route(rows[1]))
+        assert type(mesh.actor(0).seen[-1]) is list and len(mesh.actor(0).seen[-1]) == 1
+
+
+async def test_a_tensor_result_needs_split_unbind() -> None:
+    async with open_service(Model, mesh=FakeMesh(seed=1)) as svc:
+        with pytest.raises(BatchResultError, match="split='unbind'"):
+            await svc.as_tensor.route(torch.ones(2))
+
+
+async def test_collate_stack_and_split_unbind_are_opt_in() -> None:
+    mesh = FakeMesh(seed=1)
+    async with open_service(Model, mesh=mesh) as svc:
+        rows = [torch.full((3,), float(i)) for i in range(4)]
+        out = await _gather(svc.stacked.route, rows)
+        for r, o in zip(rows, out, strict=True):
+            same(r * 2, o)
+        ((batch, scale),) = mesh.actor(0).seen
+        assert type(batch) is torch.Tensor and batch.shape == (4, 3)
+        assert scale is None
+        # Values that are not tensors stay a list, as by default (here a keyword).
+        out = await _gather(svc.stacked.route, rows, scale=3.0)
+        batch, scale = mesh.actor(0).seen[-1]
+        assert batch.shape == (4, 3) and scale == [3.0] * 4
+        for r, o in zip(rows, out, strict=True):
+            same(r * 3, o)
+        # A call in a session goes as a batch of one, collated the same way.
+        async with svc.session():
+            same(rows[1] * 2, await svc.stacked.route(rows[1]))
+        assert mesh.actor(0).seen[-1][0].shape == (1, 3)
+
+
+async def test_tensors_that_cannot_be_stacked_fail_that_batch_only() -> None:
+    async with open_service(Model, mesh=FakeMesh(seed=1)) as svc:
+        errors: list[BaseException] = []
+
+        async def one(x: Any) -> None:
+            try:
+                await svc.stacked.route(x)
+            except ValueError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, torch.ones(2))
+            tg.start_soon(one, torch.ones(3))
+        assert len(errors) == 2 and "cannot stack" in str(errors[0])
+        # The service goes on.
+        same(torch.ones(2) * 2, await svc.stacked.route(torch.ones(2)))
+
+
+async def test_callables_as_collate_and_split() -> None:
+    mesh = FakeMesh(seed=1)
+    async with open_service(Model, mesh=mesh) as svc:
+        assert await _gather(svc.custom.route, [1, 2]) == ["mine:1", "mine:2"]
+        ((tag, values),) = mesh.actor(0).seen  # one batch (callers in any order)
+        assert tag == "mine" and sorted(values) == [1, 2]
+
+
+async def test_a_tensor_result_of_the_wrong_length_fails_the_batch() -> None:
+    async with open_service(Model, mesh=FakeMesh(seed=1)) as svc:
+        errors: list[BaseException] = []
+
+        async def one() -> None:
+            try:
+                await svc.short.route(torch.ones(2))
+            except BatchResultError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            tg.start_soon(one)
+        assert len(errors) == 2
+        assert "of length 1 for a batch of 2" in str(errors[0])
