@@ -1,8 +1,8 @@
 """Time-windowed request metrics: cheap per request, never sample-capped.
 
-The hot path adds to counters and appends the latency to a short list; once per
-second (or every 4,096 requests) that list is folded into a log-spaced histogram
-(5% wide buckets) of the current 10-second slot. Rates count completions in
+The hot path appends the latency to a short list (and counts a failure); once per
+second (or every 4,096 requests) that list is folded into the counts and into a
+log-spaced histogram (5% wide buckets) of the current 10-second slot. Rates count completions in
 1-second slots over the last 60 s; percentiles merge the histograms of the same
 window. Memory is fixed however many requests pass.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 
 __all__ = ["WINDOW", "Recorder", "clock", "percentile", "rate"]
 
@@ -30,6 +31,7 @@ class Recorder:
     service itself failed before they reached one)."""
 
     __slots__ = (
+        "_done",
         "_edge",
         "_hist",
         "_hist_ids",
@@ -41,16 +43,17 @@ class Recorder:
         "_sec_count",
         "failed",
         "latency_sum",
-        "successful",
     )
 
     def __init__(self) -> None:
-        self.successful = 0
+        # Completions folded so far (both outcomes); those in ``_pending`` are not
+        # yet counted there. Failures are counted as they happen.
+        self._done = 0
         self.failed = 0
         self.latency_sum = 0.0
         self._rate = [0] * _RATE_SLOTS
         self._rate_ids = [-1] * _RATE_SLOTS
-        self._hist: list[dict[int, int]] = [{} for _ in range(_HIST_SLOTS)]
+        self._hist: list[Counter[int]] = [Counter() for _ in range(_HIST_SLOTS)]
         self._hist_ids = [-1] * _HIST_SLOTS
         self._lat = [[0, 0.0] for _ in range(_HIST_SLOTS)]  # count, sum per hist slot
         self._pending: list[float] = []
@@ -60,17 +63,19 @@ class Recorder:
 
     @property
     def total(self) -> int:
-        return self.successful + self.failed
+        return self._done + len(self._pending)
+
+    @property
+    def successful(self) -> int:
+        return self._done + len(self._pending) - self.failed
 
     def record(self, now: float, latency: float, ok: bool) -> None:
-        """One completed request (the hot path: counters and an append)."""
+        """One completed request (the hot path: an append; a success counts as the
+        latency it adds, folded into the counts with it)."""
         if now >= self._edge:
             self._roll(now)
-        if ok:
-            self.successful += 1
-        else:
+        if not ok:
             self.failed += 1
-        self._sec_count += 1
         pending = self._pending
         pending.append(latency)
         if len(pending) >= _FLUSH_AT:
@@ -96,19 +101,19 @@ class Recorder:
         j = slot % _HIST_SLOTS
         if self._hist_ids[j] != slot:
             self._hist_ids[j] = slot
-            self._hist[j] = {}
+            self._hist[j] = Counter()
             self._lat[j] = [0, 0.0]
-        h = self._hist[j]
         log, floor, k, low = math.log, math.floor, _K, _MIN_LATENCY
-        total = 0.0
-        for latency in pending:
-            total += latency
-            b = floor(log(latency if latency > low else low) * k)
-            h[b] = h.get(b, 0) + 1
+        total = sum(pending)
+        # (Counter.update counts in C.)
+        self._hist[j].update([floor(log(x if x > low else low) * k) for x in pending])
         lat = self._lat[j]
-        lat[0] += len(pending)
+        n = len(pending)
+        lat[0] += n
         lat[1] += total
         self.latency_sum += total
+        self._done += n
+        self._sec_count += n  # every pending latency is of the current second
         pending.clear()
 
     def absorb(self, other: Recorder, now: float) -> None:
@@ -118,7 +123,7 @@ class Recorder:
             if now >= rec._edge:
                 rec._roll(now)
             rec._fold()
-        self.successful += other.successful
+        self._done += other._done
         self.failed += other.failed
         self.latency_sum += other.latency_sum
         self._sec_count += other._sec_count  # both are in the second of ``now``
@@ -130,7 +135,7 @@ class Recorder:
         for j, hid in enumerate(other._hist_ids):
             if hid > self._hist_ids[j]:
                 self._hist_ids[j] = hid
-                self._hist[j] = dict(other._hist[j])
+                self._hist[j] = Counter(other._hist[j])
                 self._lat[j] = list(other._lat[j])
             elif hid == self._hist_ids[j] and hid >= 0:
                 h = self._hist[j]
@@ -145,7 +150,7 @@ class Recorder:
             self._roll(now)
         low = int(now) - _RATE_SLOTS
         done = sum(c for c, s in zip(self._rate, self._rate_ids, strict=True) if s > low)
-        return done + self._sec_count
+        return done + self._sec_count + len(self._pending)
 
     def window_histogram(self, now: float, into: dict[int, int]) -> tuple[int, float]:
         """Add this recorder's latency buckets of the last 60 s into ``into``;

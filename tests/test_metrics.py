@@ -135,3 +135,23 @@ def test_recorder_absorb_merges_counts_and_window() -> None:
     n, total = a.window_histogram(101.5, hist)
     assert n == 15 and total == pytest.approx(10 * 0.001 + 5 * 0.1)
     assert percentile(hist, 0.99) == pytest.approx(0.1, rel=0.05)
+
+
+def test_recorder_counts_are_exact_before_and_after_folding() -> None:
+    # The hot path only appends a latency; counts come from what was folded plus
+    # what is pending. They must be exact at every point: mid-second with latencies
+    # pending, across a fold of 4,096 of them, and after the second rolls over.
+    r = Recorder()
+    ok = bad = 0
+    for i in range(5000):
+        good = i % 7 != 0
+        r.record(50.0 + i * 1e-5, 1e-5, good)  # all within the second [50, 51)
+        ok, bad = ok + good, bad + (not good)
+        if i in (0, 4094, 4095, 4096, 4999):
+            assert (r.successful, r.failed, r.total) == (ok, bad, ok + bad)
+            assert r.completed_in_window(50.5) == ok + bad
+    assert r.completed_in_window(52.0) == ok + bad  # rolled: now in the rate ring
+    assert (r.successful, r.failed) == (ok, bad)
+    hist: dict[int, int] = {}
+    assert r.window_histogram(52.0, hist)[0] == ok + bad
+    assert sum(hist.values()) == ok + bad

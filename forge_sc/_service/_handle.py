@@ -22,13 +22,8 @@ class RouteObserver(Protocol):
     ) -> Coroutine[Any, Any, Any]: ...
 
 
-class Dispatcher(Protocol):
-    """What an endpoint handle needs from its service (the service is one)."""
-
-    @property
-    def _sessions(self) -> Mapping[str, object]:
-        """The open sessions, by id."""
-        ...
+class RequestPath(Protocol):
+    """What sends one request (the service, or its request-path view)."""
 
     async def _request(
         self,
@@ -39,6 +34,15 @@ class Dispatcher(Protocol):
         sess_id: str | None,
         also: Recorder | None = None,
     ) -> Any: ...
+
+
+class Dispatcher(RequestPath, Protocol):
+    """What an endpoint handle needs from its service (the service is one)."""
+
+    @property
+    def _sessions(self) -> Mapping[str, object]:
+        """The open sessions, by id."""
+        ...
 
     async def _fanout(
         self, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -55,10 +59,14 @@ class ServiceEndpoint:
     """One endpoint of a service. ``route`` sends to one replica chosen by the
     endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
 
-    __slots__ = ("_batcher", "_obs", "_spec", "_svc", "router")
+    __slots__ = ("_batcher", "_obs", "_send", "_spec", "_svc", "router")
 
-    def __init__(self, svc: Dispatcher, spec: EndpointSpec) -> None:
+    def __init__(
+        self, svc: Dispatcher, spec: EndpointSpec, path: RequestPath | None = None
+    ) -> None:
         self._svc = svc
+        #: ``_request`` of ``path`` (the service's request-path view), bound once.
+        self._send = (svc if path is None else path)._request
         self._spec = spec
         self.router: Router = spec.router()
         self._batcher: Batcher | None = None
@@ -105,7 +113,7 @@ class ServiceEndpoint:
             else:
                 coro = _batch_of_one(svc, spec, self.router, args, kwargs, sess_id)
         else:
-            coro = svc._request(spec, self.router, args, kwargs, sess_id)
+            coro = self._send(spec, self.router, args, kwargs, sess_id)
         if self._obs is not None:  # tracing or the latency histogram is on: one check
             return self._obs.route(spec, coro, sess_id)
         return coro

@@ -45,6 +45,25 @@ from ._statistics import snapshot
 __all__ = ["Service"]
 
 
+class _RequestPath(Requests):
+    """The request path's view of a service: the same object state (the service's
+    own ``__dict__``, shared), in a class without ``__getattr__``.
+
+    CPython specializes attribute access (``self._x``, a few dozen per request) only
+    for classes that do not hook it; :class:`Service` has a ``__getattr__`` for its
+    "no endpoint" error, which makes every one of them a slow lookup (measured: a
+    quarter of the instructions of a ``route()``). Endpoints send their requests
+    through this view. It has only the request path's methods (``Requests`` and
+    what it derives from); nothing on that path uses the identity of ``self``.
+    """
+
+
+def _request_path(svc: Service) -> _RequestPath:
+    view: _RequestPath = object.__new__(_RequestPath)
+    view.__dict__ = svc.__dict__
+    return view
+
+
 class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
     """A running pool of replicas of one actor. Get one from ``open_service``.
 
@@ -65,8 +84,9 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         # First the routers (a bad router factory fails here, bare, even outside a
         # loop), then the event loop check.
         self._endpoints = {}
+        path = _request_path(self)
         for name, spec in self._specs.items():
-            ep = ServiceEndpoint(self, spec)
+            ep = ServiceEndpoint(self, spec, path)
             self._endpoints[name] = ep
             self.__dict__[name] = ep
         try:
