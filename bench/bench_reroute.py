@@ -97,6 +97,8 @@ def cause(reason: BaseException | None) -> str:
     text = str(reason)
     if type(reason).__name__ == "HealthCheckFailed":
         return "ping timeout"
+    if "watcher" in text:
+        return "host watcher"
     if " died: process " in text or "pidfd" in text:
         return "pidfd"
     if " died: " in text:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-import sniffio
 
 from forge_sc import open_service
 from forge_sc.errors import HostsUnreachableError, PlacementError, ReplicaDiedError
@@ -136,11 +135,6 @@ async def test_replicas_across_hosts_survive_a_host_kill(three_hosts: list[Host]
     host killed under traffic of a non-idempotent endpoint: every request is answered
     or fails explicitly, the replicas there are re-placed on the other hosts, and
     after close no process is left on any host."""
-    if sniffio.current_async_library() == "trio":
-        # Quarantined: in one full-suite run of three it hung past the 180 s bound on
-        # trio (it passed alone and in runs of this file); see issue 11's notes.
-        pytest.skip("quarantined on trio: a hang seen once in the full suite, not yet found")
-
     hs = three_hosts
     mesh = pool(hs)
     async with open_service(Where, num_replicas=4, mesh=mesh) as svc:
@@ -471,6 +465,56 @@ def test_tls_workers_accept_only_clients_of_their_ca(tmp_path: Path, backend: st
         assert not host.replica_processes()
     finally:
         host.kill()
+
+
+_SLOW_SUPERVISION_CLIENT = """
+    import os, signal, sys, time
+    import anyio
+    from forge_sc import open_service
+    from forge_sc.mesh.monarch import MonarchMesh
+    from tests.monarch.remote_actors import Where
+
+    async def main():
+        mesh = MonarchMesh(workers=[ADDRESS], ca="trust_all_connections")
+        async with open_service(
+            Where, mesh=mesh, health_poll_rate=60.0, health_timeout=60.0
+        ) as svc:
+            pid, _ = await svc.where.route()
+            host = mesh.host_pool.hosts[0]
+            with anyio.fail_after(30):
+                while getattr(host, "watcher", "") is None:  # its host's watcher is up
+                    await anyio.sleep(0.01)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            with anyio.fail_after(20):
+                while svc.replicas[0].healthy:
+                    await anyio.sleep(0.005)
+            took = time.monotonic() - t0
+            with anyio.fail_after(20):
+                while svc.replicas[0]._last_error is None:  # how it died, once stopped
+                    await anyio.sleep(0.005)
+            print(f"OUT after {took:.3f}s: {svc.replicas[0]._last_error}")
+
+    anyio.run(main, backend=BACKEND)
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_killed_process_on_a_host_is_seen_without_monarchs_supervision(
+    backend: str,
+) -> None:
+    """A replica's process killed on a pool host is taken out at once by the watcher
+    on that host (its pidfd), even where Monarch's supervision would tell only much
+    later: here it polls once a minute and the health probe runs once a minute."""
+    with hosts(1) as (h,):
+        script = _SLOW_SUPERVISION_CLIENT.replace("ADDRESS", repr(h.address))
+        out = _run_client(
+            script.replace("BACKEND", repr(backend)),
+            {"HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY": "60s"},
+        )
+        assert "OUT after" in out and "watcher" in out, out
+        assert float(out.split("OUT after ")[1].split("s")[0]) < 5, out
+        assert no_replica_processes_left([h])
 
 
 def _deployment_example() -> str:
