@@ -680,13 +680,17 @@ class HostPool:
         task, bounded by ``attach_timeout``) the first time it is asked for since the
         host came up; None if it could not be started (deaths there are then learnt
         from Monarch's supervision and the health probe only)."""
+        self.start_watcher(host)
+        if host.watcher_ready is not None:
+            await host.watcher_ready.wait()
+        return host.watcher
+
+    def start_watcher(self, host: PoolHost) -> None:
+        """Start ``host``'s watcher in the background unless it was tried already."""
         if not host.watcher_tried and self._groups:
             host.watcher_tried = True
             host.watcher_ready = ready = anyio.Event()
             self._groups[-1].start_soon(self._start_watcher, host, ready)
-        if host.watcher_ready is not None:
-            await host.watcher_ready.wait()
-        return host.watcher
 
     async def _start_watcher(self, host: PoolHost, ready: anyio.Event) -> None:
         name = f"forge_sc_watcher_{secrets.token_hex(4)}"
@@ -945,6 +949,8 @@ class HostPool:
                 self._check_fits(procs, k, with_gpus, 1, claim, "", f"{who}: ")
                 placement = self._place(procs, k, with_gpus)
                 if placement is not None:
+                    for host in placement.hosts:  # up by the time the replica is
+                        self.start_watcher(host)
                     return placement
                 remaining = math.inf if deadline is None else deadline - anyio.current_time()
                 if remaining <= 0:

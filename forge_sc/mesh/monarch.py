@@ -448,6 +448,10 @@ class MonarchReplica:
             ]
         await anyio.to_thread.run_sync(self._spawn_actor)
         await wait(_ready_endpoint(self._actor).call(), self._group)
+        if self._where is not None:
+            # Watched from the start: each host's watcher is up (or failed to start).
+            for host, _ in self._remote_pids:
+                await self._where[0].watcher(host)
         if setup_endpoint(self._spec.actor_cls) is not None:
             # The actor's setup() on every rank, before the replica takes traffic;
             # if it raises, the spawn fails with the user's own exception.
