@@ -37,9 +37,11 @@ Placement is bookkeeping over that list, never a scheduler of ours:
   handed to the pool, which stops it again when its host answers again and when the
   pool closes.
 
-Death detection needs no pidfd here (the processes are not this machine's children):
-Monarch's supervision reports (forge_sc's fault hook), failed calls, and the health
-probe of the service core (``health_poll_rate`` / ``health_timeout``).
+Death detection: the processes are not this machine's children, so a **watcher**
+(:class:`_Watcher`, one process per host, started when a replica is first placed
+there) holds their pidfds on their host and answers a pending call when one exits;
+besides, Monarch's supervision reports (forge_sc's fault hook), failed calls, and the
+health probe of the service core (``health_poll_rate`` / ``health_timeout``).
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ mesh with a dead process.
   the health actor answered.
 * A pool of hosts (``MonarchMesh(workers=[...], ca=...)``, ``job=``, ``host_mesh=``):
   each replica's ProcMesh runs on the hosts :mod:`._placement` reserves for it; no
-  pidfd is opened (the processes are not this machine's children), stopping is
+  pidfd is opened here (the processes are not this machine's children): the watcher
+  of each of its hosts (``_placement._Watcher``) holds them there, and ``wait_dead``
+  waits for its answer as a third signal; stopping is
   bounded by ``stop_timeout``, and the hosts of a replica that died are probed
   before they take another one.
 """
