@@ -11,8 +11,9 @@ machine, attached over TCP (``MonarchMesh(workers=[...], ca=...)``; each worker 
 session of its own, started through a double fork, so no replica process is a
 descendant of this one), with this client on TCP too
 (``HYPERACTOR_MESH_DEFAULT_TRANSPORT``, default ``tcp://127.0.0.1:0``). No pidfd
-watches any replica there: deaths are learnt from Monarch's supervision reports,
-failed calls and the health probe. ``--kill proc`` (default) SIGKILLs the replica's
+watches any replica from here: deaths are learnt from the watcher forge_sc starts on
+each host (a pidfd there), Monarch's supervision reports, failed calls and the health
+probe. ``--kill proc`` (default) SIGKILLs the replica's
 process on its host; ``--kill host`` kills the whole host (the worker and everything
 under it); lost hosts are not restarted (torchmonarch 0.7 does not reliably attach
 again to a worker restarted at the same address: docs/deployment.md), so that mode
@@ -41,8 +42,9 @@ replicas, ready spares, requests answered so far; and the instant of each kill).
 
 Printed per backend: p50 / p99 / max over the kills (with 20 kills, p99 is the
 maximum: nearest rank), how many requests were stranded per kill, how each death was
-noticed (the process's pidfd, Monarch's fault hook, a failed call or ping, a ping slower than
-``health_timeout``), requests answered and requests failed ("lost": any exception).
+noticed (the process's pidfd; with ``--remote``, the pidfd held by its host's watcher;
+Monarch's fault hook; a failed call or ping; a ping slower than ``health_timeout``),
+requests answered and requests failed ("lost": any exception).
 No assertion on time: these are figures.
 """
 
@@ -105,6 +107,8 @@ def cause(reason: BaseException | None) -> str:
     text = str(reason)
     if type(reason).__name__ == "HealthCheckFailed":
         return "ping timeout"
+    if "watcher" in text:
+        return "host watcher"
     if " died: process " in text or "pidfd" in text:
         return "pidfd"
     if " died: " in text:

@@ -37,9 +37,11 @@ Placement is bookkeeping over that list, never a scheduler of ours:
   handed to the pool, which stops it again when its host answers again and when the
   pool closes.
 
-Death detection needs no pidfd here (the processes are not this machine's children):
-Monarch's supervision reports (forge_sc's fault hook), failed calls, and the health
-probe of the service core (``health_poll_rate`` / ``health_timeout``).
+Death detection: the processes are not this machine's children, so a **watcher**
+(:class:`_Watcher`, one process per host, started when a replica is first placed
+there) holds their pidfds on their host and answers a pending call when one exits;
+besides, Monarch's supervision reports (forge_sc's fault hook), failed calls, and the
+health probe of the service core (``health_poll_rate`` / ``health_timeout``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -59,11 +62,17 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import attrs
-from monarch.actor import Actor, attach_to_workers, default_bootstrap_cmd, endpoint
+from monarch.actor import (
+    Actor,
+    attach_to_workers,
+    concurrent_endpoint,
+    default_bootstrap_cmd,
+    endpoint,
+)
 
 from ..errors import HostsUnreachableError, PlacementError
 from . import _faults
-from ._bridge import wait
+from ._bridge import LoopPoster, loop_poster, wait
 from ._gpu import GpuPool
 
 __all__ = [
@@ -297,6 +306,13 @@ class PoolHost:
     next_probe: float = 0.0
     failures: int = 0
     abandoned: list[Any] = attrs.field(factory=list)
+    #: This host's watcher (see :class:`_Watcher`): its actor, its ProcMesh, whether
+    #: starting one was tried since the host last came up, and the lock that starts it.
+    watcher: Any = None
+    watcher_procs: Any = None
+    watcher_name: str | None = None
+    watcher_tried: bool = False
+    watcher_ready: anyio.Event | None = None
 
     def free_slots(self) -> float:
         return math.inf if self.slots is None else self.slots - self.procs
@@ -344,6 +360,53 @@ class _Probe(Actor):  # type: ignore[misc]
     @endpoint  # type: ignore[untyped-decorator]
     async def ping(self) -> int:
         return os.getpid()
+
+
+class _Watcher(Actor):  # type: ignore[misc]
+    """One per host of a pool, in a process of its own there: tells the client when a
+    replica's process on this host exits, from a Linux pidfd (readable the moment the
+    process is gone), as the pidfds of local replicas do. Monarch's supervision
+    reports a death within its poll interval, but a mesh whose state query was in
+    flight when its process died waits for that query to time out (30 s by
+    default, ``HYPERACTOR_MESH_GET_ACTOR_STATE_MAX_IDLE``); the health probe then
+    takes ``health_timeout``. The answer travels as a Monarch reply."""
+
+    @endpoint  # type: ignore[untyped-decorator]
+    async def pid(self) -> int:
+        return os.getpid()
+
+    @concurrent_endpoint  # type: ignore[untyped-decorator]
+    async def watch(self, pids: list[int]) -> tuple[int, str] | None:
+        """Return ``(pid, how)`` once one of ``pids`` exits (at once if one is gone
+        already); None where this host has no pidfds (not Linux >= 5.3)."""
+        import asyncio
+
+        fds: dict[int, int] = {}
+        try:
+            for pid in pids:
+                try:
+                    fds[os.pidfd_open(pid)] = pid
+                except ProcessLookupError:
+                    return pid, "is gone"
+                except (AttributeError, OSError):  # no pidfds here
+                    return None
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[int] = loop.create_future()
+
+            def readable(pid: int) -> None:
+                if not done.done():
+                    done.set_result(pid)
+
+            for fd, pid in fds.items():
+                loop.add_reader(fd, readable, pid)
+            try:
+                return await done, "exited"
+            finally:
+                for fd in fds:
+                    loop.remove_reader(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 # ------------------------------------------------------------------ sources
@@ -569,6 +632,10 @@ class HostPool:
         self._changed: anyio.Event | None = None
         self._prober_lock: anyio.Lock | None = None
         self._opened = False
+        self._child_env = child_env
+        self._post: LoopPoster | None = None
+        # The task groups of the open sessions (watchers start in the newest one).
+        self._groups: list[anyio.abc.TaskGroup] = []
 
     def __repr__(self) -> str:
         return f"<HostPool {self._source.describe()}: {self.describe()}>"
@@ -600,11 +667,96 @@ class HostPool:
     async def _close(self) -> None:
         # A host that does not answer gets a short try: a worker ends its clients'
         # processes itself when this client disconnects.
+        for host in self.hosts:
+            self._retire_watcher(host)
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as tg:
                 for host in self.hosts:
                     up = host.state is HostState.UP
                     tg.start_soon(self._stop_abandoned, host, None if up else _LOST_HOST_GRACE)
+
+    # -------------------------------------------------------------- watchers
+
+    async def watcher(self, host: PoolHost) -> Any | None:
+        """The :class:`_Watcher` actor of ``host``: started there (in the pool's own
+        task, bounded by ``attach_timeout``) the first time it is asked for since the
+        host came up; None if it could not be started (deaths there are then learnt
+        from Monarch's supervision and the health probe only)."""
+        self.start_watcher(host)
+        if host.watcher_ready is not None:
+            await host.watcher_ready.wait()
+        return host.watcher
+
+    def start_watcher(self, host: PoolHost) -> None:
+        """Start ``host``'s watcher in the background unless it was tried already."""
+        if not host.watcher_tried and self._groups:
+            host.watcher_tried = True
+            host.watcher_ready = ready = anyio.Event()
+            self._groups[-1].start_soon(self._start_watcher, host, ready)
+
+    async def _start_watcher(self, host: PoolHost, ready: anyio.Event) -> None:
+        name = f"forge_sc_watcher_{secrets.token_hex(4)}"
+        _faults.register(name, partial(self._watcher_failed, host, name))
+        mesh = host.mesh
+
+        def start() -> tuple[Any, Any]:
+            cmd = default_bootstrap_cmd().with_env(self._child_env())
+            pm = mesh.spawn_procs(per_host={"procs": 1}, bootstrap_command=cmd)
+            return pm, pm.spawn(name, _Watcher)
+
+        procs: Any = None
+        started = False
+        try:
+            # Shielded (and bounded): a ProcMesh stopped while its process is still
+            # starting can leave that process running.
+            with anyio.CancelScope(shield=True):
+                procs, actor = await anyio.to_thread.run_sync(start)
+                with anyio.move_on_after(self.attach_timeout):
+                    await wait(actor.pid.call_one())
+                    # (A host that went down meanwhile dropped this start.)
+                    started = host.watcher_ready is ready
+            if started:
+                host.watcher, host.watcher_procs, host.watcher_name = actor, procs, name
+                return
+            if host.watcher_ready is ready:
+                log.info(
+                    "forge_sc: no watcher on host %s (it did not start within %ss); "
+                    "deaths there are learnt from Monarch's supervision and the health "
+                    "probe",
+                    host.label,
+                    self.attach_timeout,
+                )
+        except Exception as exc:  # no watcher: Monarch and the health probe still tell
+            log.info("forge_sc: no watcher on host %s: %r", host.label, exc)
+        except BaseException:  # the pool closes: a later session may try again
+            if host.watcher_ready is ready:
+                host.watcher_tried = False
+            raise
+        finally:
+            if not started:
+                _faults.unregister(name)
+                if procs is not None:
+                    host.abandoned.append(procs)
+            if host.watcher_ready is ready:
+                host.watcher_ready = None
+            ready.set()
+
+    def _watcher_failed(self, host: PoolHost, name: str, _report: str) -> None:
+        # A Monarch thread: hand over to the pool's event loop.
+        if self._post is not None:
+            self._post(partial(self._forget_watcher, host, name))
+
+    def _forget_watcher(self, host: PoolHost, name: str) -> None:
+        if host.watcher is not None and host.watcher_name == name:
+            self._retire_watcher(host)
+
+    def _retire_watcher(self, host: PoolHost) -> None:
+        """Drop ``host``'s watcher; its process is stopped with the abandoned ones."""
+        if host.watcher_procs is not None:
+            host.abandoned.append(host.watcher_procs)
+        if host.watcher_name is not None:
+            _faults.unregister(host.watcher_name)
+        host.watcher = host.watcher_procs = host.watcher_name = None
 
     def _notify(self) -> None:
         if self._changed is not None:
@@ -668,6 +820,9 @@ class HostPool:
                 self.attach_timeout,
             )
         host.state = HostState.DOWN
+        self._retire_watcher(host)  # it may be lost with its host
+        host.watcher_tried = False  # a new one when the host answers again
+        host.watcher_ready = None
         host.failures += 1
         delay = min(self.probe_interval * 2 ** (host.failures - 1), 8 * self.probe_interval)
         host.next_probe = anyio.current_time() + delay
@@ -796,6 +951,8 @@ class HostPool:
                 self._check_fits(procs, k, with_gpus, 1, claim, "", f"{who}: ")
                 placement = self._place(procs, k, with_gpus)
                 if placement is not None:
+                    for host in placement.hosts:  # up by the time the replica is
+                        self.start_watcher(host)
                     return placement
                 remaining = math.inf if deadline is None else deadline - anyio.current_time()
                 if remaining <= 0:
@@ -859,6 +1016,7 @@ class _Session:
         pool._thread = me
         try:
             if pool._sessions == 1:
+                pool._post = loop_poster()
                 pool._changed = anyio.Event()
                 pool._prober_lock = anyio.Lock()
                 if not pool._opened:
@@ -866,6 +1024,7 @@ class _Session:
             tg = anyio.create_task_group()
             await tg.__aenter__()
             self._tg = tg
+            pool._groups.append(tg)
             tg.start_soon(pool.run_prober)
         except BaseException:
             pool._sessions -= 1
@@ -881,6 +1040,7 @@ class _Session:
         pool = self._pool
         try:
             if self._tg is not None:
+                pool._groups.remove(self._tg)
                 self._tg.cancel_scope.cancel()
                 # The body's exception is not the task group's: it passes on as is.
                 await self._tg.__aexit__(None, None, None)

@@ -51,7 +51,9 @@ mesh with a dead process.
   the health actor answered.
 * A pool of hosts (``MonarchMesh(workers=[...], ca=...)``, ``job=``, ``host_mesh=``):
   each replica's ProcMesh runs on the hosts :mod:`._placement` reserves for it; no
-  pidfd is opened (the processes are not this machine's children), stopping is
+  pidfd is opened here (the processes are not this machine's children): the watcher
+  of each of its hosts (``_placement._Watcher``) holds them there, and ``wait_dead``
+  waits for its answer as a third signal; stopping is
   bounded by ``stop_timeout``, and the hosts of a replica that died are probed
   before they take another one.
 """
@@ -93,6 +95,7 @@ from ._placement import (
     CA,
     HostPool,
     Placement,
+    PoolHost,
     check_workers,
     pool_of,
     stop_bounded,
@@ -312,6 +315,7 @@ class MonarchReplica:
         "_post",
         "_procs",
         "_ranks",
+        "_remote_pids",
         "_reported",
         "_seq",
         "_shm_pool",
@@ -359,6 +363,8 @@ class MonarchReplica:
         self._actor: Any = None
         self._health: Any = None
         self._pidfds: dict[int, int] = {}  # pid -> pidfd of each process
+        # On a pool of hosts: each host's processes of this replica (its watcher's).
+        self._remote_pids: list[tuple[PoolHost, list[int]]] = []
         self._watching = False
         # Set when the death is known with how it happened (Monarch's report).
         self._reported = anyio.Event()
@@ -437,13 +443,23 @@ class MonarchReplica:
         # importing forge_sc at once can deadlock in Python's import locks.
         pids: Any = await wait(self._health.pid.call(), self._group)
         self._started = True
-        if self._placement is None:  # on a pool of hosts they are not our children
+        if self._placement is None:
             for pid in pids.values():
                 fd = _open_pidfd(pid)
                 if fd is not None:
                     self._pidfds[pid] = fd
+        else:  # not our children: the watcher of each host watches them (rank order)
+            ranks = [int(pid) for pid in pids.values()]
+            n = self._placement.procs
+            self._remote_pids = [
+                (host, ranks[i * n : (i + 1) * n]) for i, host in enumerate(self._placement.hosts)
+            ]
         await anyio.to_thread.run_sync(self._spawn_actor)
         await wait(ready_endpoint(self._actor).call(), self._group)
+        if self._where is not None:
+            # Watched from the start: each host's watcher is up (or failed to start).
+            for host, _ in self._remote_pids:
+                await self._where[0].watcher(host)
         if setup_endpoint(self._spec.actor_cls) is not None:
             # The actor's setup() on every rank, before the replica takes traffic;
             # if it raises, the spawn fails with the user's own exception.
@@ -577,12 +593,14 @@ class MonarchReplica:
         """Return (a ``ReplicaGone`` with Monarch's report) once the fault hook
         reported a mesh of this replica failed, or one of its processes exited. Never
         returns for a stopped replica."""
-        if self._pidfds and not self._watching:
+        if (self._pidfds or self._remote_pids) and not self._watching:
             self._watching = True
             try:
                 async with anyio.create_task_group() as tg:
                     for pid, fd in self._pidfds.items():
                         tg.start_soon(self._watch_exit, pid, fd)
+                    for host, pids in self._remote_pids:
+                        tg.start_soon(self._watch_remote, host, pids)
                     await self._dead.wait()
                     tg.cancel_scope.cancel()
             finally:
@@ -599,6 +617,26 @@ class MonarchReplica:
             return
         status = _exit_status(pid, fd)
         self._died(status or f"process {pid} exited", reported=status is not None)
+
+    async def _watch_remote(self, host: PoolHost, pids: list[int]) -> None:
+        """The watcher of ``host`` (a pool's) says when one of ``pids`` exits."""
+        assert self._where is not None
+        watcher = await self._where[0].watcher(host)
+        if watcher is None:
+            return
+        try:
+            seen: Any = await wait(watcher.watch.call_one(pids), self._group)
+        except (ReplicaGone, SupervisionError):  # stopped, or the watcher is lost
+            return
+        except Exception as exc:  # no evidence of a death: nothing to do
+            log.debug("forge_sc: watching %s on %s: %r", self._label, host.label, exc)
+            return
+        if seen is not None:
+            pid, how = seen
+            self._died(
+                f"process {pid} on {host.label} {how} (seen by forge_sc's watcher there)",
+                reported=False,
+            )
 
     async def stop(self) -> None:
         """Stop the processes (and the ProcessJob's hosts) and give the GPUs back.
@@ -718,7 +756,8 @@ class MonarchReplica:
         if self._death is not None:
             if reported and not self._reported.is_set():
                 # The exception callers and logs hold.
-                self._death.args = (f"{text}\n(noticed first by the process's pidfd)",)
+                first = "its host's watcher" if self._remote_pids else "the process's pidfd"
+                self._death.args = (f"{text}\n(noticed first by {first})",)
                 self._reported.set()
             return
         if self._stopping:

@@ -16,13 +16,13 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
-import sniffio
 
 from forge_sc import open_service
 from forge_sc.errors import HostsUnreachableError, PlacementError, ReplicaDiedError
@@ -37,6 +37,16 @@ from .remote_actors import Where
 pytestmark = pytest.mark.monarch
 
 TRUST = "trust_all_connections"
+
+T = TypeVar("T")
+
+
+async def step(what: str, aw: Awaitable[T], seconds: float = 30.0) -> T:
+    """``await aw``, failing with ``what`` if it neither returns nor raises within
+    ``seconds`` (so a hang names the step that hung)."""
+    with anyio.move_on_after(seconds):
+        return await aw
+    pytest.fail(f"{what} neither returned nor raised within {seconds:g} s (a hang)")
 
 
 @pytest.fixture
@@ -136,87 +146,95 @@ async def test_replicas_across_hosts_survive_a_host_kill(three_hosts: list[Host]
     host killed under traffic of a non-idempotent endpoint: every request is answered
     or fails explicitly, the replicas there are re-placed on the other hosts, and
     after close no process is left on any host."""
-    if sniffio.current_async_library() == "trio":
-        # Quarantined: in one full-suite run of three it hung past the 180 s bound on
-        # trio (it passed alone and in runs of this file); see issue 11's notes.
-        pytest.skip("quarantined on trio: a hang seen once in the full suite, not yet found")
-
     hs = three_hosts
     mesh = pool(hs)
-    async with open_service(Where, num_replicas=4, mesh=mesh) as svc:
-        where = await svc.where.fanout()
-        ppids = [ppid for _, ppid in where]
-        assert set(ppids) <= {h.pid for h in hs}
-        assert sorted(Counter(ppids).values()) == [1, 1, 2]  # spread over the 3 hosts
-        ours = live_descendants()
-        assert not any(pid in ours for pid, _ in where)  # not our children: no pidfd
-        assert all(not r._inc.handle._pidfds for r in svc.replicas)  # type: ignore[union-attr]
-        assert await svc.echo.route(7) == 7
-        async with svc.session():
-            pinned = {(await svc.where.route())[0] for _ in range(3)}
-        assert len(pinned) == 1
+    closing = 0.0
+    with anyio.move_on_after(150) as bound:
+        async with open_service(Where, num_replicas=4, mesh=mesh) as svc:
+            where = await step("the first fanout", svc.where.fanout())
+            ppids = [ppid for _, ppid in where]
+            assert set(ppids) <= {h.pid for h in hs}
+            assert sorted(Counter(ppids).values()) == [1, 1, 2]  # spread over the 3 hosts
+            ours = live_descendants()
+            assert not any(pid in ours for pid, _ in where)  # not our children: no pidfd
+            assert all(not r._inc.handle._pidfds for r in svc.replicas)  # type: ignore[union-attr]
+            assert await step("a route", svc.echo.route(7)) == 7
+            async with svc.session():
+                pinned = {(await step("a session's route", svc.where.route()))[0] for _ in range(3)}
+            assert len(pinned) == 1
 
-        victim = host_of(hs, Counter(ppids).most_common(1)[0][0])
-        doomed = [i for i, p in enumerate(ppids) if p == victim.pid]
-        survivors = [h for h in hs if h is not victim]
-        sid = await svc.start_session()
-        while (await svc.where.route(sess_id=sid))[1] != victim.pid:  # a session there
-            await svc.terminate_session(sid)
+            victim = host_of(hs, Counter(ppids).most_common(1)[0][0])
+            doomed = [i for i, p in enumerate(ppids) if p == victim.pid]
+            survivors = [h for h in hs if h is not victim]
             sid = await svc.start_session()
+            for _ in range(20):  # a session on a replica of the victim host
+                if (await step("a session's route", svc.where.route(sess_id=sid)))[1] == victim.pid:
+                    break
+                await svc.terminate_session(sid)
+                sid = await svc.start_session()
+            else:
+                pytest.fail("20 new sessions in a row went to replicas of other hosts")
 
-        issued = answered = 0
-        failed: Counter[str] = Counter()
-        stop = anyio.Event()
+            issued = answered = 0
+            failed: Counter[str] = Counter()
+            stop = anyio.Event()
 
-        async def caller(c: int) -> None:
-            nonlocal issued, answered
-            i = 0
-            while not stop.is_set():
-                issued += 1
-                try:
-                    x, _ = await svc.bump.route(c * 1_000_000 + i)
-                except ReplicaDiedError:  # it reached the dead host: never re-sent
-                    failed["ReplicaDiedError"] += 1
-                else:
-                    assert x == c * 1_000_000 + i
-                    answered += 1
-                i += 1
+            async def caller(c: int) -> None:
+                nonlocal issued, answered
+                i = 0
+                while not stop.is_set():
+                    issued += 1
+                    try:
+                        x, _ = await step("a request", svc.bump.route(c * 1_000_000 + i))
+                    except ReplicaDiedError:  # it reached the dead host: never re-sent
+                        failed["ReplicaDiedError"] += 1
+                    else:
+                        assert x == c * 1_000_000 + i
+                        answered += 1
+                    i += 1
 
-        async with anyio.create_task_group() as tg:
-            for c in range(6):
-                tg.start_soon(caller, c)
-            await wait_for(lambda: answered > 50, timeout=20)
-            before = answered
-            victim.kill()
-            killed_at = time.monotonic()
-            await wait_for(
-                lambda: all(not svc.replicas[i].healthy for i in doomed),
-                timeout=15,
-                what="the replicas on the killed host were not taken out",
-            )
-            detected = time.monotonic() - killed_at
-            await wait_for(
-                lambda: (
-                    all(r.healthy for r in svc.replicas)
-                    and all(svc.replicas[i].restarts >= 1 for i in doomed)
-                ),
-                timeout=20,  # measured ~2.5 s; a spawn on the dead host would take 30 s
-                what="the replicas of the killed host were not re-placed",
-            )
-            after = answered
-            await wait_for(lambda: answered > after + 50, timeout=20)
-            stop.set()
-        assert issued == answered + sum(failed.values())  # none lost, none hanging
-        assert answered > before
-        assert detected < 5.0
-        moved = await svc.where.fanout()
-        assert {ppid for _, ppid in moved} <= {h.pid for h in survivors}
-        assert sorted(Counter(ppid for _, ppid in moved).values()) == [2, 2]
-        assert all(r.restarts == 0 for r in svc.replicas if r.idx not in doomed)
-        _, ppid = await svc.where.route(sess_id=sid)  # the session moved with its replica
-        assert ppid != victim.pid
-        assert svc.statistics().session_migrations >= 1
-        assert not victim.processes()
+            async with anyio.create_task_group() as tg:
+                for c in range(6):
+                    tg.start_soon(caller, c)
+                await wait_for(lambda: answered > 50, timeout=20)
+                before = answered
+                victim.kill()
+                killed_at = time.monotonic()
+                await wait_for(
+                    lambda: all(not svc.replicas[i].healthy for i in doomed),
+                    timeout=15,
+                    what="the replicas on the killed host were not taken out",
+                )
+                detected = time.monotonic() - killed_at
+                await wait_for(
+                    lambda: (
+                        all(r.healthy for r in svc.replicas)
+                        and all(svc.replicas[i].restarts >= 1 for i in doomed)
+                    ),
+                    timeout=20,  # measured ~2.5 s; a spawn on the dead host would take 30 s
+                    what="the replicas of the killed host were not re-placed",
+                )
+                after = answered
+                await wait_for(lambda: answered > after + 50, timeout=20)
+                stop.set()
+            assert issued == answered + sum(failed.values())  # none lost, none hanging
+            assert answered > before
+            assert detected < 5.0
+            moved = await step("the fanout after recovery", svc.where.fanout())
+            assert {ppid for _, ppid in moved} <= {h.pid for h in survivors}
+            assert sorted(Counter(ppid for _, ppid in moved).values()) == [2, 2]
+            assert all(r.restarts == 0 for r in svc.replicas if r.idx not in doomed)
+            _, ppid = await step("the session's route", svc.where.route(sess_id=sid))  # it moved
+            assert ppid != victim.pid
+            assert svc.statistics().session_migrations >= 1
+            assert not victim.processes()
+            closing = time.monotonic()
+    if bound.cancelled_caught:
+        pytest.fail(
+            f"the service did not close within {time.monotonic() - closing:.0f} s"
+            if closing
+            else "the test's steps did not finish within 150 s"
+        )
     assert no_replica_processes_left(hs)
 
 
@@ -476,6 +494,56 @@ def test_tls_workers_accept_only_clients_of_their_ca(tmp_path: Path, backend: st
         assert not host.replica_processes()
     finally:
         host.kill()
+
+
+_SLOW_SUPERVISION_CLIENT = """
+    import os, signal, sys, time
+    import anyio
+    from forge_sc import open_service
+    from forge_sc.mesh.monarch import MonarchMesh
+    from tests.monarch.remote_actors import Where
+
+    async def main():
+        mesh = MonarchMesh(workers=[ADDRESS], ca="trust_all_connections")
+        async with open_service(
+            Where, mesh=mesh, health_poll_rate=60.0, health_timeout=60.0
+        ) as svc:
+            pid, _ = await svc.where.route()
+            host = mesh.host_pool.hosts[0]
+            with anyio.fail_after(30):
+                while getattr(host, "watcher", "") is None:  # its host's watcher is up
+                    await anyio.sleep(0.01)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            with anyio.fail_after(20):
+                while svc.replicas[0].healthy:
+                    await anyio.sleep(0.005)
+            took = time.monotonic() - t0
+            with anyio.fail_after(20):
+                while svc.replicas[0]._last_error is None:  # how it died, once stopped
+                    await anyio.sleep(0.005)
+            print(f"OUT after {took:.3f}s: {svc.replicas[0]._last_error}")
+
+    anyio.run(main, backend=BACKEND)
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_killed_process_on_a_host_is_seen_without_monarchs_supervision(
+    backend: str,
+) -> None:
+    """A replica's process killed on a pool host is taken out at once by the watcher
+    on that host (its pidfd), even where Monarch's supervision would tell only much
+    later: here it polls once a minute and the health probe runs once a minute."""
+    with hosts(1) as (h,):
+        script = _SLOW_SUPERVISION_CLIENT.replace("ADDRESS", repr(h.address))
+        out = _run_client(
+            script.replace("BACKEND", repr(backend)),
+            {"HYPERACTOR_MESH_SUPERVISION_POLL_FREQUENCY": "60s"},
+        )
+        assert "OUT after" in out and "watcher" in out, out
+        assert float(out.split("OUT after ")[1].split("s")[0]) < 5, out
+        assert no_replica_processes_left([h])
 
 
 def _deployment_example() -> str:
