@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Sequence
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import attrs
 
 from .._metrics import clock
 from .._replica import MAX_BACKOFF, Incarnation, Relay, Replica, SparePool, supervise
@@ -36,10 +37,12 @@ class Lifecycle(Admission):
 
     # -------------------------------------------------------- supervisor events
 
-    def _spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec:
+    def _spec(self, idx: int) -> SpawnSpec:
+        """What the mesh spawns for this service (``idx=-1``: a spare, or a capacity
+        question); callers ``attrs.evolve`` the per-spawn fields."""
         c = self._config
         return SpawnSpec(
-            idx=replica.idx,
+            idx=idx,
             actor_cls=self._actor_cls,
             args=self._args,
             kwargs=self._kwargs,
@@ -47,23 +50,17 @@ class Lifecycle(Admission):
             hosts=c.hosts,
             with_gpus=c.with_gpus,
             return_first_rank_result=c.return_first_rank_result,
-            on_abandoned_settled=inc.settle_abandoned,
         )
+
+    def _spawn_spec(self, replica: Replica, inc: Incarnation) -> SpawnSpec:
+        return attrs.evolve(self._spec(replica.idx), on_abandoned_settled=inc.settle_abandoned)
 
     def _check_capacity(self, count: int) -> None:
         """Ask the mesh whether ``count`` more replicas can ever be placed (an optional
         part of the protocol: a pool of hosts raises ``PlacementError``)."""
         check = getattr(self._mesh, "check_capacity", None)
         if check is not None:
-            c = self._config
-            spec = SpawnSpec(
-                idx=-1,
-                actor_cls=self._actor_cls,
-                procs=c.procs,
-                hosts=c.hosts,
-                with_gpus=c.with_gpus,
-            )
-            check(spec, count)
+            check(self._spec(-1), count)
 
     def _start_incarnation(self, inc: Incarnation) -> Awaitable[MeshReplica]:
         """The child spec's ``start``: spawn one incarnation on the mesh."""
@@ -87,21 +84,8 @@ class Lifecycle(Admission):
         )
 
     def _start_spare(self, relay: Relay) -> Awaitable[MeshReplica]:
-        c = self._config
-        return self._mesh.spawn(
-            SpawnSpec(
-                idx=-1,
-                actor_cls=self._actor_cls,
-                args=self._args,
-                kwargs=self._kwargs,
-                procs=c.procs,
-                hosts=c.hosts,
-                with_gpus=c.with_gpus,
-                return_first_rank_result=c.return_first_rank_result,
-                spare=True,
-                on_abandoned_settled=relay,
-            )
-        )
+        spec = attrs.evolve(self._spec(-1), spare=True, on_abandoned_settled=relay)
+        return self._mesh.spawn(spec)
 
     def _replica_healthy(self, replica: Replica) -> None:
         self._dirty = True
