@@ -729,6 +729,12 @@ class Harness:
                 lambda rid=rid: self.A.step.route(sid, rid, 0.1, sess_id=sid),
             )
         r = self.replica("A", idx)
+        # Each request placed (run to its first suspension) before the termination:
+        # one not started yet would come later with a terminated id, as a new request,
+        # and that starts a new session (TorchForge's rule for an unknown id).
+        if not await wait_until(lambda: all(c.began for c in calls), CALL_BOUND):
+            self.violate("requests launched by the test did not start")
+            return
         await wait_until(lambda: r.queue_depth >= 1, 1.0)
         if not self._all_fresh():
             return

@@ -126,3 +126,19 @@ def test_handle_api_and_reserved_names_agree() -> None:
     assert _handle_api(HostedService) == service_api
     # The rest of the reserved names are ForgeActor's TorchForge class methods.
     assert RESERVED_NAMES - service_api <= _handle_api(forge_sc.ForgeActor) | {"launch"}
+
+
+def test_the_torchforge_import_path_holds_forge_sc_s_own_objects() -> None:
+    # forge_sc.service gathers names for TorchForge's import path; each is forge_sc's
+    # own object (not a copy that could drift), except the two handle classes that
+    # live only there.
+    import forge_sc
+    import forge_sc.service as service
+
+    only_there = {"ServiceEndpoint", "ServiceScope"}
+    for attr in service.__all__:
+        if attr in only_there:
+            assert not hasattr(forge_sc, attr), attr
+            assert getattr(service, attr).__module__ == "forge_sc.service", attr
+        else:
+            assert getattr(service, attr) is getattr(forge_sc, attr), attr
