@@ -81,6 +81,17 @@ class Recorder:
         if len(pending) >= _FLUSH_AT:
             self._fold()
 
+    def record_many(self, now: float, latencies: list[float], ok: bool) -> None:
+        """Requests that completed together (the calls of one batch)."""
+        if now >= self._edge:
+            self._roll(now)
+        if not ok:
+            self.failed += len(latencies)
+        pending = self._pending
+        pending.extend(latencies)
+        if len(pending) >= _FLUSH_AT:
+            self._fold()
+
     def _roll(self, now: float) -> None:
         """Close the current second: its count goes to the rate ring, its latencies
         to the histogram of the 10-second slot they belong to."""

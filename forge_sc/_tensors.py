@@ -15,6 +15,13 @@ the other side with ``torch.frombuffer`` (no copy beyond the pickle stream's own
 Tensors of ``SHM_MIN_BYTES`` or more go through shared memory instead
 (:mod:`forge_sc._shm`): the receiver maps the sender's segment, without a copy.
 
+**Rows.** A list or tuple of two or more eligible tensors of one dtype and shape,
+none requiring grad (a batch of tensor rows, as a batched endpoint receives it), is
+stacked and travels as that one tensor (one header, one buffer: a batch of 32 rows
+of 64 floats pickles in ~20 µs instead of ~200 µs); it arrives as a list (or tuple)
+of its rows again, each a contiguous view of the one received buffer (writing into
+one row leaves the others alone; the buffer lives while any row does).
+
 **Eligible**: a plain ``torch.Tensor`` (not a subclass such as ``nn.Parameter``), on
 the CPU, strided (dense), not quantized, not a conjugate/negative view, and either
 not requiring grad or a leaf (``requires_grad`` is kept; the graph never travels).
@@ -31,6 +38,7 @@ to Monarch's own pickling, as before (Monarch loads tensors with
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import pickle
 import sys
@@ -275,7 +283,12 @@ def _walk(t: _Torch, x: Any, enc: CallEncoding | None, depth: int) -> Any:
         out = {k: _walk(t, v, enc, depth + 1) for k, v in x.items()}
         changed = any(out[k] is not v for k, v in x.items())
         return out if changed else x
-    if len(x) > _SAMPLE_ABOVE:
+    n = len(x)
+    if n > 1 and type(x[0]) is t.Tensor and type(x[-1]) is t.Tensor:
+        rows = _rows(t, x, enc)
+        if rows is not None:
+            return rows
+    if n > _SAMPLE_ABOVE:
         # A long sequence is taken as homogeneous: its ends tell (see _may_hold).
         first, last = x[0], x[-1]
         if _walk(t, first, enc, depth + 1) is first and _walk(t, last, enc, depth + 1) is last:
@@ -286,6 +299,47 @@ def _walk(t: _Torch, x: Any, enc: CallEncoding | None, depth: int) -> Any:
     if all(a is b for a, b in zip(items, x, strict=True)):
         return x
     return items if kind is list else tuple(items)
+
+
+class _WireRows:
+    """A list (or tuple) of tensor rows of one dtype and shape on its way out: one
+    stacked tensor on the wire, rows again on the other side (views of one buffer)."""
+
+    __slots__ = ("stacked", "tuple")
+
+    def __init__(self, stacked: _Wire, is_tuple: bool) -> None:
+        self.stacked = stacked
+        self.tuple = is_tuple
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return (_unstack, (self.stacked, self.tuple))
+
+
+def _unstack(stacked: Any, is_tuple: bool) -> Any:
+    rows = stacked.unbind(0)
+    return rows if is_tuple else list(rows)
+
+
+_dtype_of = operator.attrgetter("dtype")
+
+
+def _rows(t: _Torch, x: Sequence[Any], enc: CallEncoding | None) -> _WireRows | None:
+    """``x`` as one stacked tensor if its items are eligible tensors of one dtype and
+    shape, none requiring grad (a batch of tensor rows: one encoding instead of one
+    per row); else None."""
+    if not _eligible(t, x[0]):
+        return None
+    # One dtype (torch.stack would promote a mixed batch) and no subclass, checked
+    # in C; shapes and devices are torch.stack's to check.
+    if len(set(map(type, x))) != 1 or len(set(map(_dtype_of, x))) != 1:
+        return None
+    try:
+        stacked = t.torch.stack(x)  # (resolves conjugate and negative views)
+    except (RuntimeError, TypeError):
+        return None
+    if stacked.requires_grad or not _eligible(t, stacked):
+        return None  # a row requiring grad goes alone, as a leaf of its own
+    return _WireRows(_Wire(stacked, enc), type(x) is tuple)
 
 
 def _may_hold(t: _Torch, values: Any) -> bool:

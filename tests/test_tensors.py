@@ -114,6 +114,79 @@ def test_a_row_travels_without_its_base_storage() -> None:
     assert len(compact) < 64 * 4 + 200 < len(default)
 
 
+def rows_cases() -> list[list[Any]]:
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    return [
+        [torch.randn(64) for _ in range(32)],  # a batch of rows
+        [torch.tensor(float(i)) for i in range(3)],  # 0-d rows
+        [torch.zeros(0, 2) for _ in range(4)],  # empty rows
+        [base[i, ::2] for i in range(6)],  # strided views of one storage
+        [torch.randint(-5, 5, (2, 3), dtype=torch.int64) for _ in range(5)],
+        [torch.randn(3).to(torch.bfloat16) for _ in range(4)],
+        [torch.tensor([True, False]) for _ in range(3)],
+        [torch.randn(3, dtype=torch.complex64).conj() for _ in range(3)],  # conj views
+        [torch.randn(2, 2).to(torch.float8_e4m3fn) for _ in range(3)],
+    ]
+
+
+def same_bits(a: Any, b: Any) -> None:
+    if a.dtype == torch.float8_e4m3fn:  # no equal() for float8: compare the bits
+        assert type(b) is torch.Tensor and a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    else:
+        same(a.resolve_conj(), b)
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_a_list_of_rows_round_trips_exactly_as_one_tensor(i: int) -> None:
+    rows = rows_cases()[i]
+    args, _ = _tensors.encode_call((rows,), {}, None)
+    out = pickle.loads(pickle.dumps(args, protocol=5))[0]
+    assert type(out) is list and len(out) == len(rows)
+    for a, b in zip(rows, out, strict=True):
+        same_bits(a, b)
+        assert b.is_contiguous()
+    assert [r.dtype for r in rows] == [o.dtype for o in out]
+
+
+def test_rows_travel_as_one_encoding_and_arrive_independent() -> None:
+    rows = [torch.randn(64) for _ in range(32)]
+    args, _ = _tensors.encode_call((rows, tuple(rows[:2])), {}, None)
+    assert type(args[0]).__name__ == "_WireRows" and type(args[1]).__name__ == "_WireRows"
+    # One header for the batch: barely more than its 8 KiB of floats.
+    assert len(pickle.dumps(args[0], protocol=5)) < 32 * 64 * 4 + 200
+    data = pickle.dumps(args, protocol=5)
+    out, pair = pickle.loads(data)
+    assert type(pair) is tuple and len(pair) == 2
+    out[0].add_(1.0)  # a row written in place leaves the others as they were
+    assert torch.equal(out[0], rows[0] + 1.0) and torch.equal(out[1], rows[1])
+    for protocol in (2, 4):
+        again = pickle.loads(pickle.dumps(args, protocol=protocol))[0]
+        assert all(torch.equal(a, b) for a, b in zip(rows, again, strict=True))
+
+
+def test_rows_that_differ_are_encoded_one_by_one() -> None:
+    grad = torch.randn(3, requires_grad=True)
+    mixed = [
+        [torch.randn(3), torch.randn(3).double()],  # dtypes differ: no promotion
+        [torch.randn(3), torch.randn(4)],  # shapes differ
+        [torch.randn(3), grad],  # one requires grad: a leaf of its own
+        [torch.randn(3), torch.nn.Parameter(torch.randn(3))],  # a subclass
+        [torch.randn(3), 1.0, torch.randn(3)],  # not all tensors
+    ]
+    for rows in mixed:
+        out = roundtrip(rows)
+        assert type(out) is list and len(out) == len(rows)
+        for a, b in zip(rows, out, strict=True):
+            if isinstance(a, torch.Tensor):
+                assert type(b) is type(a) and b.dtype == a.dtype and b.shape == a.shape
+                assert torch.equal(a.detach(), b.detach())
+                assert b.requires_grad == a.requires_grad
+            else:
+                assert b == a
+    assert roundtrip([torch.randn(3), grad])[1].is_leaf
+
+
 @pytest.fixture
 def pool() -> Any:
     if not _shm.available():

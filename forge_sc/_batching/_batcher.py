@@ -19,6 +19,7 @@ from .._routing import Router
 from .._spec import EndpointSpec
 from .._stats import BatcherStatistics
 from ..errors import BatchResultError, ServiceError
+from ._wake import Wake, wake_kit
 
 __all__ = ["BatchHost", "Batcher", "merge_one", "split_one"]
 
@@ -65,20 +66,17 @@ class _Item:
         "t_clock",
     )
 
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float) -> None:
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float, done: Wake) -> None:
         self.args = args
         self.kwargs = kwargs
-        self.t = t
+        self.t = t  # the backend's clock: batch_timeout follows a virtual clock too
         self.t_clock = clock()
         self.state = _PENDING
         self.cancelled = False
-        self.done = anyio.Event()
+        self.done = done
         self.result: Any = None
         self.error: BaseException | None = None
         self.batch: _Batch | None = None
-
-    def shape(self) -> tuple[int, tuple[str, ...]]:
-        return len(self.args), tuple(sorted(self.kwargs))
 
 
 class _Batch:
@@ -142,7 +140,9 @@ class Batcher:
         self._size = spec.batch_size
         self._timeout = spec.batch_timeout
         self._pending: deque[_Item] = deque()
-        self._wake = anyio.Event()
+        # The running backend's wake-ups and clock (a Batcher is made in its loop).
+        self._kit = kit = wake_kit()
+        self._wake = kit.new()
         # Batches taken and not yet answered (settled at the end if need be).
         self._taken: set[_Batch] = set()
         self._stopped = False
@@ -175,7 +175,8 @@ class Batcher:
         if self._stopped:  # the service's task group is ending: nobody would send it
             raise self._closed_error("before this call was batched")
         svc._admit()
-        item = _Item(args, kwargs, anyio.current_time())
+        kit = self._kit
+        item = _Item(args, kwargs, kit.now(), kit.new())
         try:
             pending = self._pending
             pending.append(item)
@@ -228,7 +229,7 @@ class Batcher:
         pending = self._pending
         while True:
             while not pending:
-                self._wake = anyio.Event()
+                self._wake = self._kit.new()
                 await self._wake.wait()
             if len(pending) >= self._size:
                 self._by_size += 1
@@ -238,7 +239,7 @@ class Batcher:
             first = pending[0]
             with anyio.move_on_at(first.t + self._timeout):
                 while len(pending) < self._size and pending and pending[0] is first:
-                    self._wake = anyio.Event()
+                    self._wake = self._kit.new()
                     await self._wake.wait()
             if not pending or pending[0] is not first:
                 continue
@@ -252,12 +253,16 @@ class Batcher:
         pending = self._pending
         if not pending:
             return None
-        shape = pending[0].shape()
+        # Calls of one batch have the same shape: as many positional arguments, the
+        # same keyword names (those of another shape keep their place).
+        first = pending[0]
+        nargs, keys = len(first.args), first.kwargs.keys()
         batch: list[_Item] = []
         keep: list[_Item] = []
         while pending and len(batch) < self._size:
             item = pending.popleft()
-            (batch if item.shape() == shape else keep).append(item)
+            same = len(item.args) == nargs and item.kwargs.keys() == keys
+            (batch if same else keep).append(item)
         pending.extendleft(reversed(keep))
         taken = _Batch(batch)
         for item in batch:
@@ -332,8 +337,8 @@ class Batcher:
     ) -> None:
         now = clock()
         ok = error is None
+        self.items.record_many(now, [now - item.t_clock for item in items], ok)
         for i, item in enumerate(items):
-            self.items.record(now, now - item.t_clock, ok)
             if ok:
                 item.result = results[i]
             else:
