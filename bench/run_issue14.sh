@@ -33,6 +33,8 @@ for i in $(seq 1 "$RUNS"); do
   echo "--- batching on Monarch: rows as lists, tensor rows (a list of tensors), stacked"
   timeout 1200 python bench/bench_batching.py --payload list tensor stacked \
     --sizes 1 2 4 8 16 32 --json "$OUT/batching_monarch_$i.json"
+  echo "--- a batch of 32 tensor rows on the wire: one encoding, one per row, lists"
+  timeout 300 python bench/bench_rows.py --json "$OUT/rows_$i.json"
   echo "--- 100 MB tensor to a same-host replica and back"
   timeout 900 python bench/bench_payload.py --json "$OUT/payload_$i.json"
   echo "--- SIGKILL -> reroute and capacity, 4 replicas, 64 callers, 20 kills, spare_replicas=1"

@@ -220,6 +220,22 @@ def test_large_tensors_go_through_shared_memory_and_the_segment_is_reused(pool: 
     assert files(pool.prefix) == [name]
 
 
+def test_rows_of_a_large_batch_share_one_segment_released_with_the_last_row(pool: Any) -> None:
+    enc = _tensors.CallEncoding(pool)
+    rows = [torch.randn(_tensors.SHM_MIN_BYTES // 4 // 8 + 1) for _ in range(8)]
+    stream = pickle.dumps(_tensors.encode_call((rows,), {}, enc)[0], protocol=5)
+    assert len(stream) < 1000  # the batch is one segment: only its name travels
+    (name,) = files(pool.prefix)
+    out = pickle.loads(stream)[0]
+    assert len(out) == 8 and all(torch.equal(a, b) for a, b in zip(rows, out, strict=True))
+    del out[:7]
+    gc.collect()
+    assert _shm.state(name) == _shm.SENT  # one row still views it
+    del out
+    gc.collect()
+    assert _shm.state(name) == _shm.FREE
+
+
 def test_a_segment_still_held_is_not_overwritten(pool: Any) -> None:
     enc = _tensors.CallEncoding(pool)
     n = _tensors.SHM_MIN_BYTES // 4
