@@ -11,6 +11,7 @@ under it, found through ``/proc``), or frozen with SIGSTOP (a partition).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -141,7 +142,9 @@ def test_worker_refuses_every_interface_and_warns_on_plain_tcp() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.lost_host_calls
-async def test_replicas_across_hosts_survive_a_host_kill(three_hosts: list[Host]) -> None:
+async def test_replicas_across_hosts_survive_a_host_kill(
+    three_hosts: list[Host], caplog: pytest.LogCaptureFixture
+) -> None:
     """4 replicas x hosts=1 on 3 attached workers: route, fanout, sessions; one whole
     host killed under traffic of a non-idempotent endpoint: every request is answered
     or fails explicitly, the replicas there are re-placed on the other hosts, and
@@ -225,8 +228,20 @@ async def test_replicas_across_hosts_survive_a_host_kill(three_hosts: list[Host]
             assert detected < 5.0
             moved = await step("the fanout after recovery", svc.where.fanout())
             assert {ppid for _, ppid in moved} <= {h.pid for h in survivors}
-            assert sorted(Counter(ppid for _, ppid in moved).values()) == [2, 2]
-            assert all(r.restarts == 0 for r in svc.replicas if r.idx not in doomed)
+            # Only the victim's replicas were re-placed: one on each survivor. On a
+            # loaded machine a survivor's replica can also miss its health timeout
+            # (seen with two busy loops beside the suite): it is restarted too, and its
+            # host, suspect, is passed over for a while, so the spread can be 3 + 1.
+            extra = [r.idx for r in svc.replicas if r.idx not in doomed and r.restarts]
+            timed_out = {
+                int(m.group(1))
+                for rec in caplog.records
+                if (m := re.search(r"replica (\d+) died .*health ping took longer", rec.message))
+            }
+            assert set(extra) <= timed_out, (extra, timed_out)
+            if not extra:
+                assert sorted(Counter(ppid for _, ppid in moved).values()) == [2, 2]
+            assert len(moved) == 4
             _, ppid = await step("the session's route", svc.where.route(sess_id=sid))  # it moved
             assert ppid != victim.pid
             assert svc.statistics().session_migrations >= 1
