@@ -20,7 +20,8 @@ none requiring grad (a batch of tensor rows, as a batched endpoint receives it),
 stacked and travels as that one tensor (one header, one buffer: a batch of 32 rows
 of 64 floats pickles in ~20 µs instead of ~200 µs); it arrives as a list (or tuple)
 of its rows again, each a contiguous view of the one received buffer (writing into
-one row leaves the others alone; the buffer lives while any row does).
+one row leaves the others alone; the buffer lives while any row does). Conjugate and
+negative views among them arrive resolved, with the same values.
 
 **Eligible**: a plain ``torch.Tensor`` (not a subclass such as ``nn.Parameter``), on
 the CPU, strided (dense), not quantized, not a conjugate/negative view, and either
@@ -321,24 +322,30 @@ def _unstack(stacked: Any, is_tuple: bool) -> Any:
 
 
 _dtype_of = operator.attrgetter("dtype")
+_requires_grad = operator.attrgetter("requires_grad")
 
 
 def _rows(t: _Torch, x: Sequence[Any], enc: CallEncoding | None) -> _WireRows | None:
     """``x`` as one stacked tensor if its items are eligible tensors of one dtype and
     shape, none requiring grad (a batch of tensor rows: one encoding instead of one
     per row); else None."""
-    if not _eligible(t, x[0]):
+    if not x[0].is_cpu:  # (not worth stacking: it would not be sent in our form)
         return None
-    # One dtype (torch.stack would promote a mixed batch) and no subclass, checked
-    # in C; shapes and devices are torch.stack's to check.
-    if len(set(map(type, x))) != 1 or len(set(map(_dtype_of, x))) != 1:
+    # One dtype (torch.stack would promote a mixed batch), no subclass, no row
+    # requiring grad (it goes alone, as a leaf of its own; the stack would not say so
+    # under no_grad), checked in C; shapes and devices are torch.stack's to check.
+    if (
+        len(set(map(type, x))) != 1
+        or len(set(map(_dtype_of, x))) != 1
+        or any(map(_requires_grad, x))
+    ):
         return None
     try:
         stacked = t.torch.stack(x)  # (resolves conjugate and negative views)
     except (RuntimeError, TypeError):
         return None
-    if stacked.requires_grad or not _eligible(t, stacked):
-        return None  # a row requiring grad goes alone, as a leaf of its own
+    if not _eligible(t, stacked):
+        return None
     return _WireRows(_Wire(stacked, enc), type(x) is tuple)
 
 

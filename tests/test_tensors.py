@@ -143,6 +143,7 @@ def test_a_list_of_rows_round_trips_exactly_as_one_tensor(i: int) -> None:
     args, _ = _tensors.encode_call((rows,), {}, None)
     out = pickle.loads(pickle.dumps(args, protocol=5))[0]
     assert type(out) is list and len(out) == len(rows)
+    assert type(args[0]).__name__ == "_WireRows"  # the batch went as one tensor
     for a, b in zip(rows, out, strict=True):
         same_bits(a, b)
         assert b.is_contiguous()
@@ -185,6 +186,9 @@ def test_rows_that_differ_are_encoded_one_by_one() -> None:
             else:
                 assert b == a
     assert roundtrip([torch.randn(3), grad])[1].is_leaf
+    with torch.no_grad():  # (where a stack of them would not require grad)
+        out = roundtrip([grad, grad])
+    assert all(o.requires_grad and o.is_leaf for o in out)
 
 
 @pytest.fixture
