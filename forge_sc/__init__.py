@@ -16,6 +16,7 @@ from ._actor import ForgeActor as ForgeActor
 from ._actor import endpoint as endpoint
 from ._actor import service_endpoint as service_endpoint
 from ._config import ServiceConfig as ServiceConfig
+from ._home import public_home as _set_home
 from ._routing import LeastLoadedRouter as LeastLoadedRouter
 from ._routing import PowerOfTwoRouter as PowerOfTwoRouter
 from ._routing import RoundRobinRouter as RoundRobinRouter
@@ -66,7 +67,7 @@ _LAZY = {
 def _public_home(obj: _Any) -> _Any:
     # Show public names as forge_sc.X, not forge_sc._private.X (as trio does).
     if getattr(obj, "__module__", "").startswith("forge_sc."):
-        obj.__module__ = "forge_sc"
+        _set_home(obj, "forge_sc")
     return obj
 
 

@@ -10,6 +10,7 @@ statistics.
 from ._actor import endpoint as endpoint
 from ._actor import service_endpoint as service_endpoint
 from ._config import ServiceConfig as ServiceConfig
+from ._home import public_home as _set_home
 from ._replica import Replica as Replica
 from ._replica import ReplicaState as ReplicaState
 from ._routing import LeastLoadedRouter as LeastLoadedRouter
@@ -44,4 +45,5 @@ __all__ = [
 ]
 
 # The two handle classes have no other public home.
-ServiceEndpoint.__module__ = ServiceScope.__module__ = "forge_sc.service"
+_set_home(ServiceEndpoint, "forge_sc.service")
+_set_home(ServiceScope, "forge_sc.service")

@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parent.parent / "forge_sc"
 #: Bottom to top. A module may import modules of its own layer or of a lower one.
 LAYERS: list[tuple[str, ...]] = [
     # foundation: errors, configuration, metric recorders, wait queues, tensors on the
-    # wire and shared memory
+    # wire and shared memory, public module names
     (
         "forge_sc.errors",
         "forge_sc._config",
@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "forge_sc._waiters",
         "forge_sc._tensors",
         "forge_sc._shm",
+        "forge_sc._home",
     ),
     # dependency shims; lifecycle events (stdlib logging) and the live-service registry
     ("forge_sc._shims", "forge_sc.observe"),
@@ -64,6 +65,7 @@ CORE = (
     "forge_sc._waiters",
     "forge_sc._tensors",
     "forge_sc._shm",
+    "forge_sc._home",
     "forge_sc.mesh._protocol",
     "forge_sc._replica",
     "forge_sc._routing",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import typing
 from types import ModuleType
 
 import pytest
@@ -72,6 +73,28 @@ def test_exports_are_listed_and_show_their_public_home(name: str) -> None:
             continue
         if obj.__module__ == name:
             assert attr in exported, f"{name}.{attr} is public but not in __all__"
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_type_hints_of_exported_classes_resolve(name: str) -> None:
+    # A class shown under its public home must still resolve its string annotations
+    # (get_type_hints looks them up in the module that __module__ names): attrs'
+    # resolve_types, Sphinx, cattrs and pydantic depend on it.
+    module = importlib.import_module(name)
+    for attr in module.__all__:
+        obj = getattr(module, attr)
+        if inspect.isclass(obj) and _ours(obj):
+            typing.get_type_hints(obj)
+
+
+def test_type_hints_of_a_user_actor_resolve() -> None:
+    class Model(forge_sc.ForgeActor):
+        procs = 2
+        name: str = "m"
+
+    hints = typing.get_type_hints(Model)
+    assert hints["name"] is str
+    assert hints["procs"] == typing.ClassVar[int]
 
 
 def test_the_design_names_are_exported() -> None:

@@ -11,6 +11,7 @@ does) does not load the Monarch backend.
 
 from typing import TYPE_CHECKING, Any
 
+from .._home import public_home as _set_home
 from ._gpu import GpuPool as GpuPool
 from ._gpu import NotEnoughGpusError as NotEnoughGpusError
 from ._protocol import CallKilledReplica as CallKilledReplica
@@ -37,7 +38,7 @@ __all__ = [
 
 for _name in __all__:
     if _name in globals():
-        globals()[_name].__module__ = "forge_sc.mesh"
+        _set_home(globals()[_name], "forge_sc.mesh")
 del _name
 
 

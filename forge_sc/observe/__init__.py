@@ -19,6 +19,7 @@ its private modules import only the standard library and anyio, so the core may
 import them; the exporters import their optional dependency when imported.
 """
 
+from .._home import public_home as _set_home
 from . import _events
 from ._events import service_name as service_name
 from ._registry import LiveService as LiveService
@@ -46,5 +47,5 @@ __all__ = [
 
 # Show public names as forge_sc.observe.X, not forge_sc.observe._registry.X.
 for _obj in (LiveService, live_services, service_name):
-    _obj.__module__ = "forge_sc.observe"
+    _set_home(_obj, "forge_sc.observe")
 del _obj
