@@ -194,6 +194,18 @@ async def test_unknown_endpoint_and_actor_only_verbs() -> None:
             )
 
 
+async def test_replica_views_are_read_only() -> None:
+    async with open_service(Counter, mesh=FakeMesh(), num_replicas=2) as svc:
+        view = svc.replicas[1]
+        public = [n for n in dir(view) if not n.startswith("_")]
+        assert "idx" in public
+        for name in public:
+            with pytest.raises(AttributeError):
+                setattr(view, name, 0)
+        assert [r.idx for r in svc.replicas] == [0, 1]
+        assert sorted(svc.get_metrics_summary()["replicas"]) == [0, 1]
+
+
 async def test_options_are_defaults_that_keywords_override() -> None:
     mesh = FakeMesh()
     configured = Counter.options(num_replicas=3, max_attempts=2)

@@ -119,6 +119,7 @@ class Replica:
         "_done",
         "_draining",
         "_exhausted",
+        "_idx",
         "_inc",
         "_last_error",
         "_rec",
@@ -127,11 +128,10 @@ class Replica:
         "_sessions",
         "_state",
         "_waiters",
-        "idx",
     )
 
     def __init__(self, idx: int, capacity: int) -> None:
-        self.idx = idx
+        self._idx = idx
         self._capacity = capacity
         self._state = ReplicaState.STARTING
         self._restarts = 0
@@ -149,6 +149,11 @@ class Replica:
 
     def __repr__(self) -> str:
         return f"<Replica idx={self.idx} state={self._state.name} load={self.current_load}>"
+
+    @property
+    def idx(self) -> int:
+        """Stable across restarts; never reused after scale-down."""
+        return self._idx
 
     @property
     def state(self) -> ReplicaState:
