@@ -286,6 +286,33 @@ async def test_closing_cancels_in_flight_past_graceful_timeout() -> None:
     assert len(outcome) == 1
 
 
+@pytest.mark.parametrize("answered", [0, 1])
+async def test_closing_cuts_off_a_fanout_past_graceful_timeout(answered: int) -> None:
+    # A fan-out is one request: cut off by the close, it fails as a route() does,
+    # even when some replicas had answered.
+    mesh = FakeMesh()
+    outcome: list[BaseException] = []
+    async with anyio.create_task_group() as outer:
+        async with open_service(
+            Counter, num_replicas=2, mesh=mesh, graceful_shutdown_timeout=0.05
+        ) as svc:
+            for i in range(answered, 2):
+                mesh.slow(i, 30.0)
+
+            async def outside() -> None:
+                try:
+                    await svc.value.fanout()
+                except ServiceClosedError as exc:
+                    outcome.append(exc)
+
+            outer.start_soon(outside)
+            await wait_for(lambda: svc.replicas[1].active_requests == 1)
+            if answered:
+                await wait_for(lambda: svc.statistics().replicas[0].total_requests == 1)
+    assert len(outcome) == 1
+    assert f"({answered} had answered)" in str(outcome[0])
+
+
 async def test_fanout_returns_results_in_replica_order() -> None:
     mesh = FakeMesh()
     async with open_service(Counter, num_replicas=3, mesh=mesh) as svc:

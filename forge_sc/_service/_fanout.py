@@ -9,7 +9,7 @@ import anyio
 from .._metrics import clock
 from .._replica import Replica
 from .._spec import EndpointSpec
-from ..errors import FanoutError, ReplicaDiedError, RequestKilledReplicaError
+from ..errors import FanoutError, ReplicaDiedError, RequestKilledReplicaError, ServiceClosedError
 from ..mesh._protocol import CallKilledReplica, ReplicaGone
 from ._admission import Admission
 from ._state import HEALTHY
@@ -38,6 +38,15 @@ class Fanout(Admission):
                     tg.start_soon(self._fanout_one, spec, r, args, kwargs, results, errors, died)
         finally:
             self._leave()
+        if died and (self._failed or self._closing):
+            # Cut off by the service's own end, not by one replica's death: the
+            # caller learns that, as a route() would, whatever had answered.
+            if self._failed:
+                await self._escalated()
+            raise ServiceClosedError(
+                f"{spec.name}: the service closed while the fan-out ran; replica(s) {sorted(died)} "
+                f"were stopped before answering ({len(results)} had answered)"
+            )
         if errors:
             order = sorted(errors)
             raise FanoutError(
