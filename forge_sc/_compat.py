@@ -38,6 +38,7 @@ import trio
 from ._config import ServiceConfig
 from ._open import open_service
 from ._options import ActorOptions
+from ._routing import Router
 from ._service._context import BlockSession
 from ._shims._monarch import SupervisionError
 from ._spec import collect_endpoints
@@ -369,6 +370,11 @@ class HostedEndpoint:
     @property
     def name(self) -> str:
         return str(self._ep.name)
+
+    @property
+    def router(self) -> Router:
+        """The endpoint's router (it runs in the service's host thread)."""
+        return self._ep.router
 
     async def route(self, *args: Any, sess_id: str | None = None, **kwargs: Any) -> Any:
         """As :meth:`ServiceEndpoint.route`, run in the service's host thread."""
