@@ -3,11 +3,14 @@ waits, whatever the call is doing, on both backends; a hang holds them until sto
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import anyio.lowlevel
 import pytest
 
-from forge_sc import ForgeActor, endpoint
+from forge_sc import ForgeActor, endpoint, open_service, service_endpoint
+from forge_sc.errors import ReplicaDiedError, RequestKilledReplicaError
 from forge_sc.mesh import ReplicaGone, SpawnSpec
 from forge_sc.testing import FakeMesh
 
@@ -148,3 +151,51 @@ def test_trio_internals_used_for_interruption_are_still_there() -> None:
     assert callable(getattr(Task, "_attempt_abort", None)), "trio.Task._attempt_abort is gone"
     fields = {a.name for a in Task.__attrs_attrs__}
     assert "_abort_func" in fields, "trio.Task._abort_func is gone"
+
+
+class OwnCancel(ForgeActor):
+    @endpoint
+    async def own_cancel(self) -> None:
+        raise asyncio.CancelledError  # as from a cancelled future it awaited
+
+    @endpoint
+    async def ok(self, x: int) -> int:
+        return x
+
+    @service_endpoint(batch_size=4, batch_timeout=0.001)
+    async def batched(self, xs: list[int]) -> list[int]:
+        if xs[0] < 0:
+            raise asyncio.CancelledError
+        return xs
+
+
+class SyncOwnCancel(ForgeActor):
+    @endpoint
+    def own_cancel(self) -> None:
+        raise asyncio.CancelledError
+
+
+FAST = dict(health_poll_rate=0.01, health_timeout=0.05, restart_backoff=0.001)
+
+
+async def test_an_endpoints_own_cancelled_error_hangs_its_replica_as_on_monarch() -> None:
+    # Not a cancellation of the caller: the request fails (here after its one attempt)
+    # and is counted, the replica is replaced, and the batcher goes on serving.
+    async with open_service(
+        OwnCancel, num_replicas=2, mesh=FakeMesh(), max_attempts=1, **FAST
+    ) as svc:
+        with anyio.fail_after(10):
+            with pytest.raises(ReplicaDiedError):
+                await svc.own_cancel.route()
+            with pytest.raises(ReplicaDiedError):
+                await svc.batched.route(-1)
+            assert await svc.ok.route(3) == 3
+            assert await svc.batched.route(4) == 4
+        assert svc.statistics().failed_requests == 2
+        await wait_for(lambda: svc.statistics().restarts == 2)  # each hung replica replaced
+
+
+async def test_a_plain_defs_cancelled_error_kills_its_replica_as_on_monarch() -> None:
+    async with open_service(SyncOwnCancel, num_replicas=1, mesh=FakeMesh(), **FAST) as svc:
+        with anyio.fail_after(10), pytest.raises(RequestKilledReplicaError):
+            await svc.own_cancel.route()

@@ -287,7 +287,7 @@ class FakeReplica:
         except Exception:
             raise
         except BaseException as exc:  # a plain def endpoint raised it
-            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+            if not self._ends(exc, endpoint):
                 raise
             return await self._killed(endpoint, exc)
         if type(result) is not CoroutineType:
@@ -297,7 +297,7 @@ class FakeReplica:
         tasks.add(task)
         try:
             value = await result
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if task in self._interrupted:
                 self._interrupted.discard(task)
                 assert task is not None
@@ -306,11 +306,14 @@ class FakeReplica:
                 # this task a second time.
                 tasks.discard(task)
                 return await self._after_interrupt()
+            if self._own_cancel(exc, endpoint):
+                tasks.discard(task)
+                return await self._hang_on_own_cancel()
             raise
         except Exception:
             raise
         except BaseException as exc:
-            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+            if not self._ends(exc, endpoint):
                 raise
             tasks.discard(task)
             return await self._killed(endpoint, exc)
@@ -338,7 +341,9 @@ class FakeReplica:
             tasks.discard(task)
             if _interrupts(exc):
                 return await self._after_interrupt()
-            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+            if self._own_cancel(exc, endpoint):
+                return await self._hang_on_own_cancel()
+            if not self._ends(exc, endpoint):
                 raise
             return await self._killed(endpoint, exc)
         finally:
@@ -373,6 +378,38 @@ class FakeReplica:
         self._end(_Life.CRASHED, ReplicaGone(f"replica {self._idx} died. {why}"))
         raise CallKilledReplica(why) from cause
 
+    def _ends(self, exc: BaseException, endpoint: str) -> bool:
+        """Whether ``exc``, let out by ``endpoint``, ends the actor (see
+        ``_ends_the_actor``); a plain ``def`` awaits nothing, so a ``CancelledError``
+        it raises is its own, and ends the actor as on Monarch (measured)."""
+        if endpoint in self._table.forwards:
+            return False
+        if (
+            isinstance(exc, asyncio.CancelledError)
+            and self._table.infos[endpoint].kind is Kind.SYNC
+        ):
+            return True
+        return _ends_the_actor(exc, self._cancelled)
+
+    def _own_cancel(self, exc: BaseException, endpoint: str) -> bool:
+        """Whether ``exc`` is an asyncio ``CancelledError`` that an awaiting endpoint
+        raised of its own (a cancelled future it awaited), not a cancellation of its
+        caller."""
+        if not isinstance(exc, asyncio.CancelledError) or endpoint in self._table.forwards:
+            return False
+        if self._table.infos[endpoint].kind is Kind.SYNC:
+            return False
+        if not self._asyncio:
+            return True
+        task = self._current_task()
+        return task is not None and not task.cancelling()
+
+    async def _hang_on_own_cancel(self) -> Any:
+        # On Monarch 0.7.0 an actor whose endpoint let out a CancelledError of its own
+        # stops answering, that call and every later one (measured): so does this one.
+        self._end(_Life.HUNG)
+        return await self._after_interrupt()
+
     async def _after_interrupt(self) -> Any:
         if self._life is _Life.HUNG:
             await self._stopped.wait()  # a hung process never answers
@@ -399,7 +436,9 @@ class FakeReplica:
         except Exception:
             raise
         except BaseException as exc:
-            if not _ends_the_actor(exc, self._cancelled) or endpoint in self._table.forwards:
+            if self._own_cancel(exc, endpoint):
+                return await self._hang_on_own_cancel()
+            if not self._ends(exc, endpoint):
                 raise
             return await self._killed(endpoint, exc)
         if self._life is not _Life.ALIVE:
