@@ -305,3 +305,29 @@ def test_endpoint_named_like_the_handle_api_fails_at_class_definition(name: str)
     method.__name__ = name
     with pytest.raises(TypeError, match="cannot be named"):
         type("Clash", (ForgeActor,), {name: endpoint(method)})
+
+
+async def test_handle_misuse_fails_at_once_with_a_type_error() -> None:
+    async with open_service(Counter, mesh=FakeMesh(), num_replicas=2) as svc:
+        for bad in (123, b"s", [1], ("s",)):
+            with pytest.raises(TypeError, match="session id is a str"):
+                await svc.value.route(sess_id=bad)
+            with pytest.raises(TypeError, match="session id"):
+                await svc.terminate_session(bad)
+        for bad_idx in (True, 1.0, "0", None):
+            with pytest.raises(TypeError, match="replica index is an int"):
+                await svc.restart_replica(bad_idx)
+        with pytest.raises(ValueError, match="no replica with index 7"):
+            await svc.restart_replica(7)
+        with pytest.raises(TypeError, match="endpoint's name"):
+            await svc.call_all(123)
+        block = svc.session()
+        async with block:
+            pass
+        with pytest.raises(RuntimeError, match="entered already"):
+            async with block:
+                pass  # pragma: no cover
+        stats = svc.statistics()
+        assert stats.total_requests == 0 and stats.active_sessions == 0
+        assert [r.restarts for r in svc.replicas] == [0, 0]
+        assert await svc.value.route(sess_id="mine") == 0  # a str of one's own is fine

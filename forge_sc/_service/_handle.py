@@ -103,6 +103,11 @@ class ServiceEndpoint:
             current = CURRENT_SESSIONS.get(None)
             if current is not None:
                 sess_id = current.get(svc)
+        elif not isinstance(sess_id, str):
+            raise TypeError(
+                f"{self._spec.name}.route(sess_id=...): a session id is a str (from "
+                f"start_session(), or one of your own), got {sess_id!r}"
+            )
         spec = self._spec
         if spec.batch_size > 1:
             if sess_id is None:

@@ -146,9 +146,11 @@ class Lifecycle(Admission):
         return replica
 
     def _replica(self, idx: int) -> Replica:
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise TypeError(f"a replica index is an int (Replica.idx), got {idx!r}")
         replica = self._by_idx.get(idx)
         if replica is None:
-            raise ValueError(f"no replica with index {idx}; indices: {sorted(self._by_idx)}")
+            raise ValueError(f"no replica with index {idx!r}; indices: {sorted(self._by_idx)}")
         return replica
 
     async def _wait_healthy_after(self, replica: Replica, old: Incarnation | None) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import MappingProxyType
 from typing import Any
 
@@ -43,6 +43,29 @@ from ._state import HEALTHY, get_ident
 from ._statistics import snapshot
 
 __all__ = ["Service"]
+
+
+class _EnterOnce(AbstractAsyncContextManager[str]):
+    """``svc.session()``: one block (a second ``async with`` of the same object says
+    so, where contextlib's own would fail with an AttributeError)."""
+
+    __slots__ = ("_cm", "_used")
+
+    def __init__(self, cm: AbstractAsyncContextManager[str]) -> None:
+        self._cm = cm
+        self._used = False
+
+    async def __aenter__(self) -> str:
+        if self._used:
+            raise RuntimeError(
+                "this svc.session() was entered already; each `async with svc.session()` "
+                "needs a call of its own"
+            )
+        self._used = True
+        return await self._cm.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._cm.__aexit__(*exc_info)
 
 
 class _RequestPath(Requests):
@@ -181,6 +204,8 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
 
     async def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
         """``fanout`` by endpoint name (TorchForge's ``call_all``)."""
+        if not isinstance(name, str):
+            raise TypeError(f"call_all() takes the endpoint's name (a str), got {name!r}")
         ep = self._endpoints.get(name)
         if ep is None:
             self.__getattr__(name)
@@ -201,6 +226,8 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         which stays terminated."""
         if get_ident() != self._thread:
             self._wrong_thread("terminate_session()")
+        if not isinstance(sess_id, str):
+            raise TypeError(f"terminate_session() takes a session id (a str), got {sess_id!r}")
         self._end_session(sess_id)
 
     def _end_session(self, sess_id: str) -> None:
@@ -211,9 +238,12 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
             if replica is not None:
                 replica._drop_session()
 
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[str]:
+    def session(self) -> AbstractAsyncContextManager[str]:
         """Every ``route()`` of this service inside the block goes to one replica."""
+        return _EnterOnce(self._session_block())
+
+    @asynccontextmanager
+    async def _session_block(self) -> AsyncIterator[str]:
         sid = await self.start_session()
         ref = BlockSession(sid)
         current = _CURRENT_SESSIONS.get(None)
