@@ -165,6 +165,18 @@ async def test_scale_up_and_down() -> None:
             await svc.scale_to(0)
 
 
+async def test_autoscaler_with_a_tiny_target_scales_to_the_bound() -> None:
+    # ongoing / target overflows to inf: that means "as many as allowed", not a crash.
+    async with open_service(
+        Counter, num_replicas=1, mesh=FakeMesh(), min_replicas=1, max_replicas=2,
+        target_ongoing_requests=1e-309, upscale_delay=0.0, health_poll_rate=0.01,
+    ) as svc:  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(svc.nap.route, 0.3)
+            await wait_for(lambda: len(svc.replicas) == 2, timeout=5)
+        assert await svc.value.route() == 0
+
+
 async def test_autoscaler_follows_load() -> None:
     mesh = FakeMesh()
     async with open_service(

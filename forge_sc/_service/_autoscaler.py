@@ -28,7 +28,8 @@ class ScalingHost(Protocol):
 
 def desired_replicas(ongoing: int, target: float, low: int, high: int) -> int:
     """Replicas needed for ``ongoing`` requests at ``target`` each, within bounds."""
-    return max(low, min(high, math.ceil(ongoing / target)))
+    need = ongoing / target  # inf for a tiny target: ceil() of it would raise
+    return max(low, high if need >= high else math.ceil(need))
 
 
 async def autoscale(svc: ScalingHost) -> None:
