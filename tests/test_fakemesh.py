@@ -4,6 +4,7 @@ waits, whatever the call is doing, on both backends; a hang holds them until sto
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -199,3 +200,43 @@ async def test_a_plain_defs_cancelled_error_kills_its_replica_as_on_monarch() ->
     async with open_service(SyncOwnCancel, num_replicas=1, mesh=FakeMesh(), **FAST) as svc:
         with anyio.fail_after(10), pytest.raises(RequestKilledReplicaError):
             await svc.own_cancel.route()
+
+
+class Inner(ForgeActor):
+    @endpoint
+    async def slow(self) -> str:
+        await anyio.sleep(30)
+        return "inner"  # pragma: no cover
+
+
+class Outer(ForgeActor):
+    inner: Any = None  # the inner service, set by the test
+
+    @endpoint
+    async def outer(self) -> str:
+        return str(await Outer.inner.slow.route())
+
+
+async def test_a_crash_interrupts_only_the_dead_replicas_call_of_a_nested_service() -> None:
+    # An endpoint that routes to another service: its task runs a call on both meshes.
+    # Crashing the outer replica must not read as a death of the inner one.
+    inner_mesh, outer_mesh = FakeMesh(), FakeMesh()
+    async with (
+        open_service(Inner, num_replicas=1, mesh=inner_mesh, **FAST) as inner,
+        open_service(Outer, num_replicas=1, mesh=outer_mesh, max_attempts=1, **FAST) as outer,
+    ):
+        Outer.inner = inner
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def call() -> None:
+                    with pytest.raises(ReplicaDiedError):
+                        await outer.outer.route()
+
+                tg.start_soon(call)
+                await wait_for(lambda: inner.replicas[0].active_requests == 1)
+                outer_mesh.crash(0)
+        await wait_for(lambda: inner.replicas[0].active_requests == 0)
+        assert inner.statistics().restarts == 0
+        assert inner_mesh.spawn_count(0) == 1
+        assert inner.replicas[0].healthy

@@ -36,6 +36,7 @@ import threading
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from types import CoroutineType, MethodType
 from typing import Any, NoReturn, TypeVar
 
@@ -98,18 +99,27 @@ def _current_task_getter() -> Callable[[], Any]:
 
 class _Interrupted(BaseException):
     """Thrown into a trio task whose replica died under it (a BaseException, so that
-    an endpoint's ``except Exception`` does not swallow it)."""
+    an endpoint's ``except Exception`` does not swallow it). It names that replica: a
+    task can be in calls on several (an endpoint that routes to another service), and
+    only the dead one's call ends with it; the others let it pass."""
+
+    def __init__(self, replica: object) -> None:
+        super().__init__(replica)
+        self.replica = replica
 
 
-def _raise_interrupted() -> NoReturn:
-    raise _Interrupted
+def _raise_interrupted(replica: object) -> NoReturn:
+    raise _Interrupted(replica)
 
 
-def _interrupts(exc: BaseException) -> bool:
-    """Whether ``exc`` is (or, out of a nursery, carries) ``_Interrupted``."""
+def _interrupts(exc: BaseException, replica: object) -> bool:
+    """Whether ``exc`` is (or, out of a nursery, carries) ``replica``'s ``_Interrupted``."""
     if isinstance(exc, _Interrupted):
-        return True
-    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(_Interrupted) is not None
+        return exc.replica is replica
+    return (
+        isinstance(exc, BaseExceptionGroup)
+        and exc.subgroup(lambda e: isinstance(e, _Interrupted) and e.replica is replica) is not None
+    )
 
 
 class _Fatal(BaseException):
@@ -232,7 +242,7 @@ class _Deliver(trio.abc.Instrument):
                 del self.tasks[task]
             elif is_blocked(task):  # it waits: interrupt it now
                 del self.tasks[task]
-                attempt_abort(task, _raise_interrupted)
+                attempt_abort(task, partial(_raise_interrupted, replica))
         if not self.tasks:
             trio.lowlevel.remove_instrument(self)
 
@@ -339,7 +349,7 @@ class FakeReplica:
             raise
         except BaseException as exc:
             tasks.discard(task)
-            if _interrupts(exc):
+            if _interrupts(exc, self):
                 return await self._after_interrupt()
             if self._own_cancel(exc, endpoint):
                 return await self._hang_on_own_cancel()
@@ -512,7 +522,7 @@ class FakeReplica:
             if task is current:
                 continue
             if is_blocked(task):  # waiting: abort that wait
-                attempt_abort(task, _raise_interrupted)
+                attempt_abort(task, partial(_raise_interrupted, self))
             else:  # runnable: interrupt it at its next wait
                 if not deliver.tasks:
                     trio.lowlevel.add_instrument(deliver)
