@@ -29,6 +29,7 @@ from ._spec import (
     SETUP_ENDPOINT,
     SPEC_ATTR,
     EndpointSpec,
+    collect_endpoints,
     make_spec,
 )
 from ._tensors import WIRE_ATTR, encode_result
@@ -200,6 +201,20 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
                     "name belongs to the service handle or to Monarch's Actor (and names "
                     "starting with '_' are the handle's internals). Rename it."
+                )
+        # An endpoint inherited from a class that is not a ForgeActor (a mixin) was not
+        # seen above: its name is checked here.
+        for name in collect_endpoints(cls).keys() - vars(cls).keys():
+            if (
+                name in CLASS_OPTIONS
+                or name.startswith("_")
+                or name in RESERVED_NAMES
+                or (name in _MONARCH_NAMES)
+            ):
+                raise TypeError(
+                    f"{cls.__name__}.{name} (inherited): an endpoint cannot be named "
+                    f"{name!r}; that name belongs to the service handle, to Monarch's Actor "
+                    "or to the configuration defaults. Rename it."
                 )
         if any(n in vars(cls) for n in (*CLASS_OPTIONS, "_extra_config")):
             _check_class_options(cls)

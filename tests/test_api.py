@@ -307,6 +307,18 @@ def test_endpoint_named_like_the_handle_api_fails_at_class_definition(name: str)
         type("Clash", (ForgeActor,), {name: endpoint(method)})
 
 
+@pytest.mark.parametrize("name", ["session", "shutdown", "_hidden", "procs"])
+def test_an_inherited_endpoint_named_like_the_handle_api_fails_too(name: str) -> None:
+    # From a mixin that is not a ForgeActor (whose own class check never ran).
+    async def method(self: object) -> None:
+        return None
+
+    method.__name__ = name
+    mixin = type("Mixin", (), {name: endpoint(method)})
+    with pytest.raises(TypeError, match="cannot be named"):
+        type("Clash", (mixin, ForgeActor), {})
+
+
 async def test_handle_misuse_fails_at_once_with_a_type_error() -> None:
     async with open_service(Counter, mesh=FakeMesh(), num_replicas=2) as svc:
         for bad in (123, b"s", [1], ("s",)):
