@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from forge_sc import ForgeActor, open_service, service_endpoint
-from forge_sc.errors import BatchResultError, ReplicaDiedError
+from forge_sc.errors import BatchResultError, FanoutError, ReplicaDiedError
 from forge_sc.testing import FakeMesh
 
 from .conftest import running_tasks, wait_for
@@ -17,6 +17,7 @@ pytestmark = pytest.mark.anyio
 class Model(ForgeActor):
     def __init__(self) -> None:
         self.batches: list[list[object]] = []
+        self.cut_by = 0
 
     @service_endpoint(batch_size=4, batch_timeout=0.05)
     async def double(self, xs: list[int]) -> list[int]:
@@ -31,6 +32,10 @@ class Model(ForgeActor):
     @service_endpoint(batch_size=4, batch_timeout=0.01)
     async def short(self, xs: list[int]) -> list[int]:
         return xs[:-1]
+
+    @service_endpoint(batch_size=4, batch_timeout=0.01)
+    async def cut(self, xs: list[int]) -> list[int]:
+        return xs[: len(xs) - self.cut_by]
 
     @service_endpoint(batch_size=8, batch_timeout=0.01)
     async def slow(self, xs: list[float]) -> list[float]:
@@ -202,11 +207,23 @@ async def test_fanout_on_a_batched_endpoint_is_a_batch_of_one_per_replica() -> N
         assert await svc.double.fanout(5) == [10, 10, 10]
 
 
+async def test_a_bad_batch_result_in_a_fanout_is_that_replicas_error() -> None:
+    mesh = FakeMesh()
+    async with open_service(Model, num_replicas=3, mesh=mesh) as svc:
+        mesh.actor(1).cut_by = 1  # replica 1 returns one result too few
+        with pytest.raises(FanoutError) as info:
+            await svc.cut.fanout(5)
+        assert info.value.results == {0: 5, 2: 5}
+        assert list(info.value.errors) == [1]
+        assert isinstance(info.value.errors[1], BatchResultError)
+        assert svc.statistics().replicas[1].failed_requests == 1
+
+
 async def test_no_batcher_task_left_after_exit() -> None:
     before = running_tasks()
     async with open_service(Model, num_replicas=1, mesh=FakeMesh()) as svc:
         await svc.double.route(1)
-        assert len(svc.statistics().batchers) == 5
+        assert len(svc.statistics().batchers) == 6
     assert running_tasks() == before
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -21,8 +22,14 @@ class Fanout(Admission):
     """``fanout()``: results in replica-index order, errors as a ``FanoutError``."""
 
     async def _fanout(
-        self, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        spec: EndpointSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        post: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
+        """``post`` (a batched endpoint's split) turns each replica's result into
+        what the caller gets; if it raises, that is the replica's error."""
         self._check_open()
         targets = [r for r in self._replicas if r._state is HEALTHY]
         if not targets:
@@ -35,7 +42,9 @@ class Fanout(Admission):
         try:
             async with anyio.create_task_group() as tg:
                 for r in targets:
-                    tg.start_soon(self._fanout_one, spec, r, args, kwargs, results, errors, died)
+                    tg.start_soon(
+                        self._fanout_one, spec, r, args, kwargs, post, results, errors, died
+                    )
         finally:
             self._leave()
         if died and (self._failed or self._closing):
@@ -58,7 +67,7 @@ class Fanout(Admission):
                 errors,
             )
         if not results and died:
-            raise ReplicaDiedError(f"{spec.name}: every replica of the fan-out died ({died})")
+            raise ReplicaDiedError(f"{spec.name}: every replica of the fan-out died ({sorted(died)})")
         return [results[i] for i in sorted(results)]
 
     async def _fanout_one(
@@ -67,6 +76,7 @@ class Fanout(Admission):
         replica: Replica,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        post: Callable[[Any], Any] | None,
         results: dict[int, Any],
         errors: dict[int, Exception],
         died: list[int],
@@ -82,7 +92,8 @@ class Fanout(Admission):
         ok = False
         handle = inc.handle
         try:
-            results[replica.idx] = await handle.call(spec.name, args, kwargs)
+            value = await handle.call(spec.name, args, kwargs)
+            results[replica.idx] = value if post is None else post(value)
             ok = True
         except CallKilledReplica as exc:
             inc.die(exc)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 from .._batching import Batcher, merge_one, split_one
@@ -45,7 +46,11 @@ class Dispatcher(RequestPath, Protocol):
         ...
 
     async def _fanout(
-        self, spec: EndpointSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        spec: EndpointSpec,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        post: Callable[[Any], Any] | None = None,
     ) -> list[Any]: ...
 
 
@@ -142,8 +147,10 @@ class ServiceEndpoint:
         results in replica-index order. Raises ``FanoutError`` if any raised."""
         spec = self._spec
         if spec.batch_size > 1:
-            results = await self._svc._fanout(spec, *merge_one(spec, args, kwargs))
-            return [split_one(spec, r) for r in results]
+            # Each replica's batch of one is split where it arrives: a bad result is
+            # that replica's error (in a FanoutError), not the whole fan-out's.
+            bargs, bkwargs = merge_one(spec, args, kwargs)
+            return await self._svc._fanout(spec, bargs, bkwargs, partial(split_one, spec))
         return await self._svc._fanout(spec, args, kwargs)
 
     def _unsupported(self, verb: str) -> NoReturn:
