@@ -129,7 +129,21 @@ class Liar(Router):
         return "not a replica"  # type: ignore[return-value]
 
 
+class Eager(Router):
+    async def get_replica(  # type: ignore[override]
+        self,
+        healthy_replicas: Sequence[Replica],
+        sess_id: str | None = None,
+        session_map: Mapping[str, int] | None = None,
+    ) -> Replica:
+        return healthy_replicas[0]  # pragma: no cover - never awaited
+
+
 class Custom(ForgeActor):
+    @service_endpoint(router=Eager)
+    async def h(self) -> int:
+        return 1
+
     @service_endpoint(router=Picky)
     async def f(self) -> int:
         return id(self)
@@ -145,6 +159,8 @@ async def test_user_router_subclass_is_used_and_validated() -> None:
         assert await svc.f.route() == id(mesh.actor(2))
         with pytest.raises(TypeError, match=r"Liar\.get_replica"):
             await svc.g.route()
+        with pytest.raises(TypeError, match=r"Eager\.get_replica\(\) returned an awaitable"):
+            await svc.h.route()
         assert await svc.f.route() == id(mesh.actor(2))  # nothing was lost
 
 

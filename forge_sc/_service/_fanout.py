@@ -67,7 +67,9 @@ class Fanout(Admission):
                 errors,
             )
         if not results and died:
-            raise ReplicaDiedError(f"{spec.name}: every replica of the fan-out died ({sorted(died)})")
+            raise ReplicaDiedError(
+                f"{spec.name}: every replica of the fan-out died ({sorted(died)})"
+            )
         return [results[i] for i in sorted(results)]
 
     async def _fanout_one(

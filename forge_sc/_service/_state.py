@@ -10,6 +10,7 @@ module deriving from this one; ``Service`` combines them.
 
 from __future__ import annotations
 
+import inspect
 import random
 import threading
 from collections.abc import Mapping
@@ -203,6 +204,14 @@ class ServiceState:
         self._raise_no_healthy()
 
     def _bad_router(self, router: Router, replica: Any) -> NoReturn:
+        if inspect.isawaitable(replica):
+            if inspect.iscoroutine(replica):
+                replica.close()  # never awaited: no warning on top of the error
+            raise TypeError(
+                f"router {type(router).__name__}.get_replica() returned an awaitable; "
+                "routers are synchronous: make get_replica a plain def that returns one "
+                "of the healthy_replicas it was given"
+            )
         raise TypeError(
             f"router {type(router).__name__}.get_replica() returned {replica!r}, which is not "
             "one of the healthy_replicas it was given; a router must return one of them"
