@@ -240,3 +240,27 @@ async def test_a_crash_interrupts_only_the_dead_replicas_call_of_a_nested_servic
         assert inner.statistics().restarts == 0
         assert inner_mesh.spawn_count(0) == 1
         assert inner.replicas[0].healthy
+
+
+def test_fault_injection_takes_only_sensible_values() -> None:
+    mesh = FakeMesh()
+    for bad in (1.5, True, -1, "2"):
+        with pytest.raises(ValueError, match="fail_spawns"):
+            mesh.fail_spawns(0, bad)
+    for bad_seconds in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="finite seconds"):
+            mesh.slow(0, bad_seconds)
+    with pytest.raises(TypeError, match="seconds"):
+        mesh.slow(0, "1")
+    for bad_idx in ("0", 0.0, True):
+        with pytest.raises(TypeError, match="replica index is an int"):
+            mesh.crash(bad_idx)
+        with pytest.raises(TypeError, match="replica index is an int"):
+            mesh.slow(bad_idx, 1.0)
+    for bad_delay in (-1, float("nan")):
+        with pytest.raises(ValueError, match="spawn_delay"):
+            FakeMesh(spawn_delay=bad_delay)
+    with pytest.raises(TypeError, match="spawn_delay"):
+        FakeMesh(spawn_delay="x")
+    with pytest.raises(TypeError, match="seed"):
+        FakeMesh(seed="1")

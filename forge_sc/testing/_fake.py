@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import math
 import threading
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -529,6 +530,20 @@ class FakeReplica:
                 deliver.tasks[task] = self
 
 
+def _index(idx: object) -> None:
+    if isinstance(idx, bool) or not isinstance(idx, int):
+        raise TypeError(f"a replica index is an int (Replica.idx), got {idx!r}")
+
+
+def _seconds(what: str, value: object) -> float:
+    """``value`` as a finite number of seconds >= 0, or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} takes seconds (a number), got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} needs finite seconds >= 0, got {value!r}")
+    return float(value)
+
+
 class FakeMesh:
     """An in-process mesh for tests, with fault injection by replica index.
 
@@ -542,8 +557,10 @@ class FakeMesh:
         *,
         spawn_delay: float = 0.0,
     ) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"FakeMesh(seed=...) takes an int or None, got {seed!r}")
         self.seed = seed
-        self.spawn_delay = spawn_delay
+        self.spawn_delay = _seconds("FakeMesh(spawn_delay=...)", spawn_delay)
         self._current: dict[int, FakeReplica] = {}
         self._spawns: dict[int, int] = {}
         self._fail: dict[int, int] = {}
@@ -635,6 +652,7 @@ class FakeMesh:
             return fn()
 
     def _live(self, idx: int) -> FakeReplica:
+        _index(idx)
         replica = self._current.get(idx)
         if replica is None:
             raise KeyError(f"replica {idx} has never been spawned on this FakeMesh")
@@ -666,8 +684,8 @@ class FakeMesh:
     def slow(self, idx: int, seconds: float) -> None:
         """Every call to replica ``idx`` (this and later incarnations) first waits
         ``seconds``; ``slow(idx, 0)`` ends it. Callable from any thread."""
-        if seconds < 0:
-            raise ValueError(f"slow() needs seconds >= 0, got {seconds}")
+        _index(idx)
+        seconds = _seconds("slow()", seconds)
 
         def slow() -> None:
             if seconds:
@@ -682,8 +700,9 @@ class FakeMesh:
 
     def fail_spawns(self, idx: int, count: int) -> None:
         """The next ``count`` spawns of replica ``idx`` fail. Callable from any thread."""
-        if count < 0:
-            raise ValueError(f"fail_spawns() needs count >= 0, got {count}")
+        _index(idx)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"fail_spawns() needs a count that is an int >= 0, got {count!r}")
 
         def fail_spawns() -> None:
             self._fail[idx] = count
