@@ -155,3 +155,25 @@ def test_recorder_counts_are_exact_before_and_after_folding() -> None:
     hist: dict[int, int] = {}
     assert r.window_histogram(52.0, hist)[0] == ok + bad
     assert sum(hist.values()) == ok + bad
+
+
+async def test_statistics_from_another_thread_is_taken_on_the_services_loop() -> None:
+    # The counters belong to the service's thread; a monitor thread's read is run
+    # there (a direct read could tear them mid-fold), also while requests run.
+    async with open_service(Counter, num_replicas=2, mesh=FakeMesh()) as svc:
+        seen: list[int] = []
+
+        def monitor() -> None:
+            for _ in range(50):
+                seen.append(svc.statistics().total_requests)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, monitor)
+            for i in range(2000):
+                await svc.value.route()
+                if i % 100 == 0:
+                    await anyio.sleep(0)  # let the loop take the monitor's reads
+        assert seen == sorted(seen) and len(seen) == 50
+        assert (await anyio.to_thread.run_sync(svc.statistics)).total_requests == 2000
+    # After the block: a plain read, from any thread.
+    assert (await anyio.to_thread.run_sync(svc.statistics)).total_requests == 2000

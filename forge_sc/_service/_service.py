@@ -30,7 +30,7 @@ from .._spec import EndpointSpec
 from .._stats import ServiceMetrics
 from .._waiters import WaitQueue
 from ..mesh._protocol import Mesh
-from ..observe import _events
+from ..observe import _events, _registry
 from ._autoscaler import autoscale
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
 from ._context import BlockSession
@@ -43,6 +43,9 @@ from ._state import HEALTHY, get_ident
 from ._statistics import snapshot
 
 __all__ = ["Service"]
+
+#: How long ``statistics()`` from another thread waits for the service's loop.
+_FOREIGN_READ_TIMEOUT = 10.0
 
 
 class _EnterOnce(AbstractAsyncContextManager[str]):
@@ -336,7 +339,23 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
     # ------------------------------------------------------------------ metrics
 
     def statistics(self) -> ServiceMetrics:
-        """A frozen snapshot of the service's metrics (see :class:`ServiceMetrics`)."""
+        """A frozen snapshot of the service's metrics (see :class:`ServiceMetrics`).
+
+        From another thread than the service's, while it runs, the snapshot is taken
+        on the service's event loop (its counters belong to that thread) and this
+        call waits for it."""
+        if get_ident() != self._thread:
+            live = _registry.entry(self)
+            if live is not None:
+                snap: ServiceMetrics | None = live.statistics(timeout=_FOREIGN_READ_TIMEOUT)
+                if snap is not None:
+                    return snap
+                if _registry.entry(self) is not None:
+                    raise RuntimeError(
+                        f"statistics() from another thread waits for the service's event "
+                        f"loop, which did not answer within {_FOREIGN_READ_TIMEOUT:g}s "
+                        "(is it blocked?)"
+                    )
         return snapshot(self)
 
     def get_metrics(self) -> ServiceMetrics:

@@ -19,7 +19,7 @@ import sniffio
 
 from . import _events
 
-__all__ = ["LiveService", "closed", "live_services", "opened"]
+__all__ = ["LiveService", "closed", "entry", "live_services", "opened"]
 
 #: Called with each service as it is opened (set by per-request features such as
 #: tracing; None when none is on).
@@ -99,6 +99,12 @@ def closed(service: Any) -> None:
     """Forget ``service`` (its block was left)."""
     with _lock:
         _live.pop(id(service), None)
+
+
+def entry(service: Any) -> LiveService | None:
+    """``service``'s entry while its block runs, else None."""
+    with _lock:
+        return _live.get(id(service))
 
 
 def live_services() -> list[LiveService]:
