@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 
 from forge_sc import ForgeActor, endpoint, open_service, service_endpoint
-from forge_sc.errors import ReplicaDiedError, RequestKilledReplicaError
+from forge_sc.errors import ReplicaDiedError, RequestKilledReplicaError, ServiceFailedError
 from forge_sc.mesh import ReplicaGone, SpawnSpec
 from forge_sc.testing import FakeMesh
 
@@ -264,3 +264,23 @@ def test_fault_injection_takes_only_sensible_values() -> None:
         FakeMesh(spawn_delay="x")
     with pytest.raises(TypeError, match="seed"):
         FakeMesh(seed="1")
+
+
+class GeneratorBesideAsync(ForgeActor):
+    @endpoint
+    async def gen(self) -> Any:
+        yield 1
+
+    @endpoint
+    async def v(self) -> int:
+        return 1  # pragma: no cover
+
+
+async def test_a_class_monarch_refuses_names_the_users_endpoints() -> None:
+    with pytest.raises(ServiceFailedError) as info:
+        async with open_service(GeneratorBesideAsync, mesh=FakeMesh()):
+            pass  # pragma: no cover
+    message = str(info.value)
+    assert "mixes both async and sync" in message  # Monarch's own words
+    assert "_forge_sc" not in message  # not forge_sc's hidden tracing twins
+    assert "generator endpoint(s) ['gen']" in message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from forge_sc import open_service
@@ -172,7 +173,7 @@ async def test_statistics_from_another_thread_is_taken_on_the_services_loop() ->
             for i in range(2000):
                 await svc.value.route()
                 if i % 100 == 0:
-                    await anyio.sleep(0)  # let the loop take the monitor's reads
+                    await anyio.lowlevel.checkpoint()  # let the loop take the monitor's reads
         assert seen == sorted(seen) and len(seen) == 50
         assert (await anyio.to_thread.run_sync(svc.statistics)).total_requests == 2000
     # After the block: a plain read, from any thread.

@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import inspect
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -142,7 +143,22 @@ def endpoint_kinds(actor_cls: type[Any]) -> Mapping[str, EndpointInfo]:
     return {name: _info(name, prop) for name, prop in _endpoint_properties(actor_cls).items()}
 
 
+#: forge_sc's hidden tracing twins of each endpoint, in a Monarch message's name lists.
+_TWIN_NAMES = re.compile(r"'_forge_sc_traced_\w+'(, )?")
+
+
 def check_actor_kind(actor_cls: type[Any]) -> None:
     """Raise Monarch's own ``ValueError`` for a class Monarch refuses to spawn (sync
-    and async endpoints mixed, a hook of the other kind)."""
-    actor_kind(actor_cls)
+    and async endpoints mixed, a hook of the other kind), naming the user's endpoints
+    only; a generator endpoint, which Monarch counts as sync, is pointed out."""
+    try:
+        actor_kind(actor_cls)
+    except ValueError as exc:
+        message = _TWIN_NAMES.sub("", str(exc)).replace(", ]", "]")
+        gens = sorted(n for n, i in endpoint_kinds(actor_cls).items() if i.kind is Kind.GENERATOR)
+        if gens:
+            message += (
+                f" (Monarch counts the generator endpoint(s) {gens} as sync; a generator "
+                "cannot be sent back to a caller anyway: return a list instead.)"
+            )
+        raise ValueError(message) from None
