@@ -161,6 +161,9 @@ async def test_user_router_subclass_is_used_and_validated() -> None:
             await svc.g.route()
         with pytest.raises(TypeError, match=r"Eager\.get_replica\(\) returned an awaitable"):
             await svc.h.route()
+        # Both ended in the router's error: failed requests, counted once each.
+        stats = svc.statistics()
+        assert (stats.total_requests, stats.failed_requests) == (3, 2)
         assert await svc.f.route() == id(mesh.actor(2))  # nothing was lost
 
 

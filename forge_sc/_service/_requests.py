@@ -19,7 +19,6 @@ from ..errors import (
     ReplicaDiedError,
     RequestKilledReplicaError,
     ServiceClosedError,
-    ServiceError,
 )
 from ..mesh._protocol import CallKilledReplica, ReplicaGone
 from ._admission import Admission, SessionEnded
@@ -139,7 +138,9 @@ class Requests(Admission):
                 if also is not None:
                     also.record(now, now - t0, True)
                 return result
-        except ServiceError:
+        except Exception:
+            # Failed before a replica answered (a forge_sc error, a router's bug, an
+            # ended inherited session): counted once, by the service.
             if not counted:
                 now = clock()
                 self._rec.record(now, now - t0, False)
