@@ -38,23 +38,25 @@ class Fanout(Admission):
         results: dict[int, Any] = {}
         errors: dict[int, Exception] = {}
         died: list[int] = []
+        cut: list[int] = []  # those of ``died`` stopped by the service's end
         self._admit()
         try:
             async with anyio.create_task_group() as tg:
                 for r in targets:
                     tg.start_soon(
-                        self._fanout_one, spec, r, args, kwargs, post, results, errors, died
+                        self._fanout_one, spec, r, args, kwargs, post, results, errors, died, cut
                     )
         finally:
             self._leave()
-        if died and (self._failed or self._closing):
-            # Cut off by the service's own end, not by one replica's death: the
-            # caller learns that, as a route() would, whatever had answered.
+        if cut:
+            # Cut off by the service's own end (past the drain, or escalated), not by
+            # one replica's death: the caller learns that, as a route() would,
+            # whatever had answered.
             if self._failed:
                 await self._escalated()
             raise ServiceClosedError(
-                f"{spec.name}: the service closed while the fan-out ran; replica(s) {sorted(died)} "
-                f"were stopped before answering ({len(results)} had answered)"
+                f"{spec.name}: the service closed while the fan-out ran; replica(s) "
+                f"{sorted(cut)} were stopped before answering ({len(results)} had answered)"
             )
         if errors:
             order = sorted(errors)
@@ -82,6 +84,7 @@ class Fanout(Admission):
         results: dict[int, Any],
         errors: dict[int, Exception],
         died: list[int],
+        cut: list[int],
     ) -> None:
         inc = replica._inc
         if inc is None or inc.handle is None or replica._state is not HEALTHY:
@@ -108,6 +111,8 @@ class Fanout(Admission):
         except ReplicaGone as exc:
             inc.die(exc)
             died.append(replica.idx)
+            if self._forced or self._failed:
+                cut.append(replica.idx)
         except Exception as exc:
             errors[replica.idx] = exc
         except BaseException as exc:
