@@ -158,9 +158,23 @@ def test_recorder_counts_are_exact_before_and_after_folding() -> None:
     assert sum(hist.values()) == ok + bad
 
 
-async def test_statistics_from_another_thread_is_taken_on_the_services_loop() -> None:
+async def test_statistics_from_another_thread_is_taken_on_the_services_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The counters belong to the service's thread; a monitor thread's read is run
     # there (a direct read could tear them mid-fold), also while requests run.
+    import threading
+
+    import forge_sc._service._service as service_module
+
+    taken_on: set[int] = set()
+    real = service_module.snapshot
+
+    def recording(svc: object) -> object:
+        taken_on.add(threading.get_ident())
+        return real(svc)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service_module, "snapshot", recording)
     async with open_service(Counter, num_replicas=2, mesh=FakeMesh()) as svc:
         seen: list[int] = []
 
@@ -176,5 +190,6 @@ async def test_statistics_from_another_thread_is_taken_on_the_services_loop() ->
                     await anyio.lowlevel.checkpoint()  # let the loop take the monitor's reads
         assert seen == sorted(seen) and len(seen) == 50
         assert (await anyio.to_thread.run_sync(svc.statistics)).total_requests == 2000
+    assert taken_on == {threading.get_ident()}  # every snapshot, on the loop's thread
     # After the block: a plain read, from any thread.
     assert (await anyio.to_thread.run_sync(svc.statistics)).total_requests == 2000

@@ -11,7 +11,7 @@ from .._metrics import clock
 from .._replica import Replica
 from .._spec import EndpointSpec
 from ..errors import FanoutError, ReplicaDiedError, RequestKilledReplicaError, ServiceClosedError
-from ..mesh._protocol import CallKilledReplica, ReplicaGone
+from ..mesh._protocol import CallerGone, CallKilledReplica, ReplicaGone
 from ._admission import Admission
 from ._state import HEALTHY
 
@@ -121,7 +121,7 @@ class Fanout(Admission):
             # reports it settled (settle_abandoned releases it then).
             if not (handle.detaches_on_cancel and cancelled):
                 self._release(replica, inc)
-            if not cancelled:  # a BaseException of the endpoint: a failure
+            if not (cancelled or isinstance(exc, CallerGone)):  # the endpoint's: a failure
                 now = clock()
                 replica._rec.record(now, now - t0, False)
             raise

@@ -20,7 +20,7 @@ from ..errors import (
     RequestKilledReplicaError,
     ServiceClosedError,
 )
-from ..mesh._protocol import CallKilledReplica, ReplicaGone
+from ..mesh._protocol import CallerGone, CallKilledReplica, ReplicaGone
 from ._admission import Admission, SessionEnded
 from ._state import get_ident
 
@@ -120,7 +120,7 @@ class Requests(Admission):
                         # A BaseException of the endpoint that is not an Exception
                         # (KeyboardInterrupt, SystemExit, ...) is a failure too; a
                         # cancelled caller is not counted.
-                        failed = not isinstance(exc, anyio.get_cancelled_exc_class())
+                        failed = not isinstance(exc, (anyio.get_cancelled_exc_class(), CallerGone))
                     if failed:
                         now = clock()
                         replica._rec.record(now, now - t0, False)

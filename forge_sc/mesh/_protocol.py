@@ -48,6 +48,7 @@ import attrs
 
 __all__ = [
     "CallKilledReplica",
+    "CallerGone",
     "Mesh",
     "MeshReplica",
     "ReplicaGone",
@@ -60,6 +61,14 @@ class ReplicaGone(Exception):
     """Raised by a backend's ``call`` or ``ping`` when the replica's process is dead,
     unreachable, or stopped. Internal to forge_sc: the core turns it into a retry, a
     migration, or a :class:`~forge_sc.errors.ReplicaDiedError`."""
+
+
+class CallerGone(BaseException):
+    """What a backend may throw into a call whose *caller* went away without a
+    cancellation of the caller's own: an in-process mesh interrupting the task of a
+    replica that died while that task, inside an endpoint, waited on another service.
+    The core treats it as a withdrawn request (not a failure of this one), like a
+    cancellation, and lets it pass."""
 
 
 class CallKilledReplica(ReplicaGone):

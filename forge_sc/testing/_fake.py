@@ -52,6 +52,7 @@ from .._shims._trio import attempt_abort, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
 from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds
+from ..mesh._protocol import CallerGone
 
 T = TypeVar("T")
 
@@ -98,7 +99,7 @@ def _current_task_getter() -> Callable[[], Any]:
     return asyncio.current_task
 
 
-class _Interrupted(BaseException):
+class _Interrupted(CallerGone):
     """Thrown into a trio task whose replica died under it (a BaseException, so that
     an endpoint's ``except Exception`` does not swallow it). It names that replica: a
     task can be in calls on several (an endpoint that routes to another service), and
