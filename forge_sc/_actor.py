@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
+import cloudpickle  # type: ignore[import-untyped]
 from monarch.actor import Actor as _MonarchActor
 from monarch.actor import endpoint as _monarch_endpoint
 
@@ -49,6 +51,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 _MONARCH_NAMES = frozenset(n for n in dir(_MonarchActor) if not n.startswith("__"))
 
 
+def _sendable(fn: Callable[..., Any], exc: Exception) -> Exception:
+    """``exc`` if it survives the trip to the caller (Monarch cloudpickles it there
+    and back), else a ``RuntimeError`` that names it: an exception that cannot be
+    pickled would end the actor on Monarch, and one that cannot be rebuilt would
+    reach the caller as an unrelated ``TypeError``."""
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+    except Exception as err:
+        text = "".join(traceback.format_exception(exc)).rstrip()
+        return RuntimeError(
+            f"endpoint {fn.__name__!r} raised {type(exc).__qualname__}: {exc}, which "
+            f"cannot be sent back to the caller ({type(err).__name__}: {err}). Make the "
+            "exception picklable (its args must rebuild it; no locks, sockets or open "
+            f"files in it), or raise a plain one. The replica's traceback:\n{text}"
+        )
+    return exc
+
+
 def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What Monarch runs for an endpoint: ``fn``, its result's tensors encoded for the
     trip back (see :mod:`forge_sc._tensors`; nothing happens without torch). The
@@ -64,13 +84,19 @@ def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(fn)
         async def run(*args: Any, **kwargs: Any) -> Any:
-            return encode_result(await fn(*args, **kwargs))
+            try:
+                return encode_result(await fn(*args, **kwargs))
+            except Exception as exc:
+                raise _sendable(fn, exc) from None
 
     elif inspect.isfunction(fn) and not inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            return encode_result(fn(*args, **kwargs))
+            try:
+                return encode_result(fn(*args, **kwargs))
+            except Exception as exc:
+                raise _sendable(fn, exc) from None
 
     else:  # generators and other callables: as they are
         return fn

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import anyio
 from monarch.actor import current_rank
@@ -15,6 +16,21 @@ from forge_sc import ForgeActor, endpoint
 
 class BoomError(Exception):
     """A user exception type the parent must see again, by type."""
+
+
+class LockedError(Exception):
+    """Holds a lock: cannot be pickled."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.lock = threading.Lock()
+
+
+class TwoArgError(Exception):
+    """Pickles, but cannot be rebuilt from its args."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
 
 
 class Worker(ForgeActor):
@@ -55,6 +71,10 @@ class Worker(ForgeActor):
     async def nap(self, seconds: float) -> float:
         await anyio.sleep(seconds)
         return seconds
+
+    @endpoint
+    async def fail_unsendable(self, kind: str) -> None:
+        raise LockedError("locked") if kind == "lock" else TwoArgError("a", "b")
 
     @endpoint
     async def fail(self, msg: str, after: float = 0.0) -> None:

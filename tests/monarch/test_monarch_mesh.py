@@ -82,6 +82,22 @@ async def test_user_exception_keeps_type_and_remote_traceback(mesh: MonarchMesh)
         await replica.stop()
 
 
+@pytest.mark.parametrize("kind", ["lock", "two-args"])
+async def test_an_exception_that_cannot_travel_is_named_and_spares_the_replica(
+    mesh: MonarchMesh, kind: str
+) -> None:
+    # Unpicklable, it would end the actor on Monarch; not rebuildable, it would reach
+    # the caller as an unrelated TypeError. Either way: a RuntimeError naming it.
+    replica = await spawn(mesh, Worker, 1)
+    try:
+        with pytest.raises(RuntimeError, match="cannot be sent back to the caller") as info:
+            await replica.call("fail_unsendable", (kind,), {})
+        assert ("LockedError" if kind == "lock" else "TwoArgError") in str(info.value)
+        assert await replica.call("value", (), {}) == 1  # the replica lives
+    finally:
+        await replica.stop()
+
+
 async def test_all_ranks_or_first_rank(mesh: MonarchMesh) -> None:
     every = await spawn(mesh, Worker, procs=2, return_first_rank_result=False)
     first = await spawn(mesh, Worker, idx=1, procs=2)
