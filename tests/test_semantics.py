@@ -380,3 +380,20 @@ async def test_hung_replica_is_detected_by_health_timeout() -> None:
         assert results == [0, 0, 0, 0]
         await wait_for(lambda: svc.replicas[0].restarts == 1)
         await wait_for(lambda: svc.replicas[0].healthy)
+
+
+async def test_replica_died_error_says_why_the_replica_died() -> None:
+    # A hung replica is found by the health check; the caller hears that, not only
+    # the "stopped" its interrupted call saw.
+    mesh = FakeMesh()
+    async with open_service(Counter, num_replicas=1, mesh=mesh, max_attempts=1, **FAST) as svc:
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                with pytest.raises(ReplicaDiedError, match="1 replica died") as info:
+                    await svc.nap.route(30.0)
+                assert "health ping took longer than 0.05s" in str(info.value)
+
+            tg.start_soon(call)
+            await wait_for(lambda: svc.replicas[0].active_requests == 1)
+            mesh.hang(0)

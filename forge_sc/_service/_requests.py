@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from .._metrics import Recorder, clock
+from .._replica import Incarnation
 from .._routing import Router
 from .._spec import EndpointSpec
 from ..errors import (
@@ -94,14 +95,16 @@ class Requests(Admission):
                         ) from exc
                     if not spec.idempotent:
                         raise ReplicaDiedError(
-                            f"{spec.name}: replica {replica.idx} died while running this "
-                            "request; it is idempotent=False, so it was not re-sent. Retry "
+                            f"{spec.name}: replica {replica.idx} died while this request "
+                            f"was sent to it ({_why(inc, exc)}); it is idempotent=False, "
+                            "so it was not re-sent (it may or may not have run). Retry "
                             "it yourself if that is safe."
                         ) from exc
                     if attempts >= self._max_attempts:
                         raise ReplicaDiedError(
-                            f"{spec.name}: {attempts} replicas died while running this "
-                            f"request (max_attempts={self._max_attempts}); raise "
+                            f"{spec.name}: {attempts} replica{'s' * (attempts != 1)} died "
+                            f"while running this request (max_attempts="
+                            f"{self._max_attempts}; the last: {_why(inc, exc)}); raise "
                             "max_attempts or look at why replicas die."
                         ) from exc
                     self._retries += 1
@@ -151,3 +154,10 @@ class Requests(Admission):
             self._inflight -= 1  # (_leave, inlined)
             if self._closing and self._inflight == 0:
                 self._drained.set()
+
+
+def _why(inc: Incarnation, exc: BaseException) -> str:
+    """Why the incarnation died, as the service first learned it (a missed health
+    check says more than the mesh's "stopped" that followed)."""
+    reason = inc.reason if inc.reason is not None else exc
+    return f"{type(reason).__name__}: {reason}"
