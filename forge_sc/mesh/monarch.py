@@ -89,7 +89,7 @@ from . import _faults
 from ._bridge import CallGroup, get_quietly, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
 from ._health import Health as _Health
-from ._kinds import EndpointInfo, endpoint_kinds
+from ._kinds import EndpointInfo, check_actor_kind, endpoint_kinds
 from ._placement import (
     _CA_REQUIRED,
     CA,
@@ -935,6 +935,7 @@ class MonarchMesh:
         """
         _faults.install_fault_hook()
         _check_arguments(spec)
+        check_actor_kind(spec.actor_cls)  # Monarch's verdict, before any process
         where: tuple[HostPool, Placement] | None = None
         if self._hostpool is not None:
             placement = await self._hostpool.acquire(
