@@ -248,9 +248,15 @@ async def test_a_crash_interrupts_only_the_dead_replicas_call_of_a_nested_servic
 
 def test_fault_injection_takes_only_sensible_values() -> None:
     mesh = FakeMesh()
-    for bad in (1.5, True, -1, "2"):
-        with pytest.raises(ValueError, match="fail_spawns"):
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="fail_spawns"):
             mesh.fail_spawns(0, bad)
+    with pytest.raises(ValueError, match="fail_spawns"):
+        mesh.fail_spawns(0, -1)
+    with pytest.raises(ValueError, match="spawn_delay"):
+        mesh.spawn_delay = -1.0
+    with pytest.raises(TypeError, match="replica index is an int"):
+        mesh.spawn_count("0")
     for bad_seconds in (float("nan"), float("inf"), -1.0):
         with pytest.raises(ValueError, match="finite seconds"):
             mesh.slow(0, bad_seconds)

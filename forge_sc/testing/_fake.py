@@ -561,7 +561,7 @@ class FakeMesh:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"FakeMesh(seed=...) takes an int or None, got {seed!r}")
         self.seed = seed
-        self.spawn_delay = _seconds("FakeMesh(spawn_delay=...)", spawn_delay)
+        self._spawn_delay = _seconds("FakeMesh(spawn_delay=...)", spawn_delay)
         self._current: dict[int, FakeReplica] = {}
         self._spawns: dict[int, int] = {}
         self._fail: dict[int, int] = {}
@@ -574,6 +574,15 @@ class FakeMesh:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._thread: int | None = None
         self._spares: set[FakeReplica] = set()  # warm spares not yet promoted
+
+    @property
+    def spawn_delay(self) -> float:
+        """Seconds each spawn takes (settable; a finite number >= 0)."""
+        return self._spawn_delay
+
+    @spawn_delay.setter
+    def spawn_delay(self, seconds: float) -> None:
+        self._spawn_delay = _seconds("FakeMesh.spawn_delay", seconds)
 
     def __repr__(self) -> str:
         return f"FakeMesh(seed={self.seed!r})"
@@ -702,8 +711,10 @@ class FakeMesh:
     def fail_spawns(self, idx: int, count: int) -> None:
         """The next ``count`` spawns of replica ``idx`` fail. Callable from any thread."""
         _index(idx)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"fail_spawns() needs a count that is an int >= 0, got {count!r}")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"fail_spawns() takes a count (an int), got {count!r}")
+        if count < 0:
+            raise ValueError(f"fail_spawns() needs a count >= 0, got {count!r}")
 
         def fail_spawns() -> None:
             self._fail[idx] = count
@@ -712,6 +723,7 @@ class FakeMesh:
 
     def spawn_count(self, idx: int) -> int:
         """How many times replica ``idx`` was spawned (failed spawns included)."""
+        _index(idx)
         return self._spawns.get(idx, 0)
 
     def actor(self, idx: int) -> Any:
