@@ -39,7 +39,7 @@ from ._config import ServiceConfig
 from ._open import open_service
 from ._options import ActorOptions
 from ._routing import Router
-from ._service._context import BlockSession
+from ._service._context import BlockSession, EnterOnce
 from ._shims._monarch import SupervisionError
 from ._spec import collect_endpoints
 from .errors import ServiceClosedError
@@ -456,9 +456,12 @@ class HostedService:
     async def terminate_session(self, sess_id: str) -> None:
         await self._run(partial(self._svc.terminate_session, sess_id))
 
-    @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[str]:
+    def session(self) -> contextlib.AbstractAsyncContextManager[str]:
         """Every ``route()`` of this service inside the block goes to one replica."""
+        return EnterOnce(self._session_block())
+
+    @contextlib.asynccontextmanager
+    async def _session_block(self) -> AsyncIterator[str]:
         sid = await self.start_session()
         ref = BlockSession(sid)  # marked ended on exit: inherited copies cannot revive it
         token = _HOSTED_SESSIONS.set({**_HOSTED_SESSIONS.get({}), self: ref})

@@ -538,6 +538,12 @@ async def test_001_start_session_example_on_as_service_handle() -> None:
         again = await service.my_endpoint(session_id, arg1, arg2)
         await service.terminate_session(session_id)
         assert result == again and result[1] == 3
+        block = service.session()  # the block form, entered once as on a Service
+        async with block as sid:
+            assert isinstance(sid, str)
+        with pytest.raises(RuntimeError, match="entered already"):
+            async with block:
+                pass  # pragma: no cover
     finally:
         await service.shutdown()
 

@@ -33,7 +33,7 @@ from ..mesh._protocol import Mesh
 from ..observe import _events, _registry
 from ._autoscaler import autoscale
 from ._context import CURRENT_SESSIONS as _CURRENT_SESSIONS
-from ._context import BlockSession
+from ._context import BlockSession, EnterOnce
 from ._fanout import Fanout
 from ._handle import ServiceEndpoint
 from ._lifecycle import Lifecycle
@@ -46,29 +46,6 @@ __all__ = ["Service"]
 
 #: How long ``statistics()`` from another thread waits for the service's loop.
 _FOREIGN_READ_TIMEOUT = 10.0
-
-
-class _EnterOnce(AbstractAsyncContextManager[str]):
-    """``svc.session()``: one block (a second ``async with`` of the same object says
-    so, where contextlib's own would fail with an AttributeError)."""
-
-    __slots__ = ("_cm", "_used")
-
-    def __init__(self, cm: AbstractAsyncContextManager[str]) -> None:
-        self._cm = cm
-        self._used = False
-
-    async def __aenter__(self) -> str:
-        if self._used:
-            raise RuntimeError(
-                "this svc.session() was entered already; each `async with svc.session()` "
-                "needs a call of its own"
-            )
-        self._used = True
-        return await self._cm.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._cm.__aexit__(*exc_info)
 
 
 class _RequestPath(Requests):
@@ -243,7 +220,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
 
     def session(self) -> AbstractAsyncContextManager[str]:
         """Every ``route()`` of this service inside the block goes to one replica."""
-        return _EnterOnce(self._session_block())
+        return EnterOnce(self._session_block())
 
     @asynccontextmanager
     async def _session_block(self) -> AsyncIterator[str]:
