@@ -164,8 +164,10 @@ def _stopped_by_signal(pid: int) -> bool:
 _TAG = "FORGE_SC_REPLICA"
 
 
-def _tagged_children(name: str) -> list[int]:
-    """This process's children whose environment carries ``_TAG=name`` (Linux)."""
+def _tagged_children(name: str, *, anywhere: bool = False) -> list[int]:
+    """This process's children whose environment carries ``_TAG=name`` (Linux); with
+    ``anywhere``, every such process (those the replica's own code started inherit
+    the tag, also once reparented)."""
     me = str(os.getpid())
     tag = f"{_TAG}={name}".encode()
     found: list[int] = []
@@ -179,7 +181,9 @@ def _tagged_children(name: str) -> list[int]:
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
-            if stat[stat.rindex(")") + 2 :].split(" ", 2)[1] != me:
+            if entry == me or (
+                not anywhere and stat[stat.rindex(")") + 2 :].split(" ", 2)[1] != me
+            ):
                 continue
             with open(f"/proc/{entry}/environ", "rb") as f:
                 if tag in f.read().split(b"\0"):
@@ -187,6 +191,24 @@ def _tagged_children(name: str) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def _kill_leftovers(name: str, label: str) -> None:
+    """SIGKILL what is left of a stopped local replica: processes its code started
+    (they carry its tag, and outlive it once reparented). The tag names this one
+    incarnation (a random suffix), so nothing else can match."""
+    for pid in _tagged_children(name, anywhere=True):
+        fd = _open_pidfd(pid)
+        if fd is None:
+            continue
+        try:
+            if pid in _tagged_children(name, anywhere=True):  # not a reused pid
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                log.info("forge_sc: killed process %d left by %s", pid, label)
+        except (AttributeError, OSError):  # gone meanwhile, or no pidfd signals
+            pass
+        finally:
+            os.close(fd)
 
 
 _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
@@ -689,6 +711,8 @@ class MonarchReplica:
                         log.debug("forge_sc: stopping %s: %r", self._label, err)
                 if self._job is not None:
                     await anyio.to_thread.run_sync(self._job.kill)
+                if self._where is None and self._job is None:
+                    _kill_leftovers(self._name, self._label)
             finally:
                 if self._shm_pool is not None:  # segments of both sides, even a killed one's
                     self._shm_pool.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 
 import anyio
@@ -71,6 +72,11 @@ class Worker(ForgeActor):
     async def nap(self, seconds: float) -> float:
         await anyio.sleep(seconds)
         return seconds
+
+    @endpoint
+    async def start_child(self) -> int:
+        """Start a process of the endpoint's own (left running); return its pid."""
+        return subprocess.Popen(["sleep", "300"]).pid  # noqa: ASYNC220 - returns at once
 
     @endpoint
     async def fail_unsendable(self, kind: str) -> None:

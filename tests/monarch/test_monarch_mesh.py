@@ -98,6 +98,23 @@ async def test_an_exception_that_cannot_travel_is_named_and_spares_the_replica(
         await replica.stop()
 
 
+@pytest.mark.parametrize("how", ["stop", "sigkill"])
+async def test_processes_an_endpoint_started_end_with_the_replica(
+    mesh: MonarchMesh, how: str
+) -> None:
+    replica = await spawn(mesh, Worker, 1)
+    try:
+        child = await replica.call("start_child", (), {})
+        assert pid_alive(child)
+        if how == "sigkill":  # the replica's process dies; its child is reparented
+            os.kill(await replica.call("pid", (), {}), signal.SIGKILL)
+            with anyio.fail_after(30):
+                await replica.wait_dead()
+    finally:
+        await replica.stop()
+    assert wait_until(lambda: not pid_alive(child))
+
+
 async def test_all_ranks_or_first_rank(mesh: MonarchMesh) -> None:
     every = await spawn(mesh, Worker, procs=2, return_first_rank_result=False)
     first = await spawn(mesh, Worker, idx=1, procs=2)
