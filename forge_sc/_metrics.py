@@ -5,15 +5,21 @@ second (or every 4,096 requests) that list is folded into the counts and into a
 log-spaced histogram (5% wide buckets) of the current 10-second slot. Rates count completions in
 1-second slots over the last 60 s; percentiles merge the histograms of the same
 window. Memory is fixed however many requests pass.
+
+The fold sorts the latencies (in C) and counts each bucket's run with one binary
+search: its cost per request is the sort's, a few tens of nanoseconds, where
+computing each latency's bucket (a logarithm, a floor and a counter update per
+request) cost ~250 ns, a tenth of an in-process request.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left
 from collections import Counter
 
-__all__ = ["WINDOW", "Recorder", "clock", "percentile", "rate"]
+__all__ = ["INLINE_RECORDS", "WINDOW", "Recorder", "clock", "percentile", "rate"]
 
 WINDOW = 60.0
 _RATE_SLOTS = 60  # 1 s each
@@ -22,6 +28,11 @@ _HIST_SLOTS = 6
 _FLUSH_AT = 4096
 _K = 1.0 / math.log(1.05)
 _MIN_LATENCY = 1e-7
+#: The request path inlines :meth:`Recorder.record` of a success as
+#: ``rec._pending.append(latency)`` while ``now < rec._edge`` (the current second)
+#: and ``len(rec._pending) < INLINE_RECORDS`` (the append does not reach the fold):
+#: exactly what ``record`` does then, without its call.
+INLINE_RECORDS = _FLUSH_AT - 1
 
 clock = time.perf_counter
 
@@ -114,12 +125,10 @@ class Recorder:
             self._hist_ids[j] = slot
             self._hist[j] = Counter()
             self._lat[j] = [0, 0.0]
-        log, floor, k, low = math.log, math.floor, _K, _MIN_LATENCY
         total = sum(pending)
-        # (Counter.update counts in C.)
-        self._hist[j].update([floor(log(x if x > low else low) * k) for x in pending])
-        lat = self._lat[j]
         n = len(pending)
+        _count_buckets(pending, self._hist[j])
+        lat = self._lat[j]
         lat[0] += n
         lat[1] += total
         self.latency_sum += total
@@ -178,6 +187,26 @@ class Recorder:
                 n += int(lat[0])
                 total += lat[1]
         return n, total
+
+
+def _count_buckets(latencies: list[float], hist: Counter[int]) -> None:
+    """Add ``latencies`` to ``hist`` (bucket ``floor(log(x) / log(1.05))``); sorts them.
+
+    Sorted, each bucket's latencies form one run, found by a binary search for the
+    bucket's upper edge: the work per latency is the sort's.
+    """
+    latencies.sort()
+    log, exp, floor, k, low = math.log, math.exp, math.floor, _K, _MIN_LATENCY
+    n = len(latencies)
+    i = 0
+    while i < n:
+        x = latencies[i]
+        b = floor(log(x if x > low else low) * k)
+        # The first latency past bucket b (at least the next one: a value at the
+        # rounding edge of its bucket is not counted twice, nor skipped).
+        end = bisect_left(latencies, exp((b + 1) / k), i + 1)
+        hist[b] += end - i
+        i = end
 
 
 def percentile(hist: dict[int, int], q: float) -> float:

@@ -79,7 +79,7 @@ async def test_crash_interrupts_calls_where_they_wait() -> None:
             async with anyio.create_task_group() as tg:
                 for name in ("nap", "nap_in_group", "swallow"):
                     tg.start_soon(call, name)
-                await wait_for(lambda: len(replica._tasks) == 3)
+                await wait_for(lambda: len(replica.calls) == 3)
                 mesh.crash(0)
         assert outcomes == ["gone", "gone", "gone"]
         assert mesh.actor(0).finished == 0
@@ -102,7 +102,7 @@ async def test_crash_while_the_call_is_runnable_interrupts_at_its_next_wait() ->
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call)
-                await wait_for(lambda: len(replica._tasks) == 1)
+                await wait_for(lambda: len(replica.calls) == 1)
                 ev.set()  # the call is now runnable, not waiting
                 mesh.crash(0)  # ...and is interrupted as soon as it waits on the gate
         assert outcome == ["gone"]
@@ -134,7 +134,7 @@ async def test_hang_holds_calls_until_the_replica_is_stopped() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
-            await wait_for(lambda: len(replica._tasks) == 1)
+            await wait_for(lambda: len(replica.calls) == 1)
             mesh.hang(0)
             with anyio.move_on_after(0.4):
                 await replica.ping()  # a hung replica does not answer pings either

@@ -9,14 +9,15 @@ never disturb the accounting of the next one.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import anyio
 
 from .._metrics import Recorder
 from .._waiters import WaitQueue
-from ..mesh._protocol import MeshReplica, ReplicaGone
+from ..mesh._protocol import DirectCalls, MeshReplica, ReplicaGone
 
 __all__ = ["Incarnation", "Replica", "ReplicaEvents", "ReplicaState"]
 
@@ -55,6 +56,13 @@ class ReplicaEvents(Protocol):
 #: ``MeshReplica.call``: run an endpoint, return its result.
 CallFn = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
+#: ``Incarnation.direct`` of a backend without direct calls (``DirectCalls``).
+_NO_DIRECT: Mapping[str, Callable[..., Any]] = MappingProxyType({})
+
+
+def _no_task() -> None:
+    return None
+
 
 class Incarnation:
     """One spawn of a replica: its mesh handle, its in-flight count, its death.
@@ -62,9 +70,25 @@ class Incarnation:
     ``active`` is the incarnation's slot count, kept by the service's request path
     (``Service._release``); a call abandoned by a cancelled caller gives its slot
     back through :meth:`settle_abandoned` when the backend reports it resolved.
+
+    ``direct``, ``calls`` and ``current_task`` are those of the handle's direct calls
+    (``mesh._protocol.DirectCalls``), and ``direct_calls`` the handle as such, when
+    it offers them; ``direct`` is empty when it does not.
     """
 
-    __slots__ = ("active", "call", "dead", "events", "handle", "reason", "replica")
+    __slots__ = (
+        "active",
+        "call",
+        "calls",
+        "current_task",
+        "dead",
+        "direct",
+        "direct_calls",
+        "events",
+        "handle",
+        "reason",
+        "replica",
+    )
 
     def __init__(self, events: ReplicaEvents, replica: Replica) -> None:
         self.events = events
@@ -72,6 +96,10 @@ class Incarnation:
         self.handle: MeshReplica | None = None
         #: ``handle.call``, bound once (the hot path awaits it directly).
         self.call: CallFn = self._not_attached
+        self.direct = _NO_DIRECT
+        self.calls: set[Any] = set()
+        self.current_task: Callable[[], Any] = _no_task
+        self.direct_calls: DirectCalls | None = None
         self.active = 0
         self.dead = anyio.Event()
         self.reason: BaseException | None = None
@@ -85,6 +113,12 @@ class Incarnation:
         """The backend built this incarnation: calls go to ``handle`` from now on."""
         self.handle = handle
         self.call = handle.call
+        if getattr(handle, "direct", None) is not None:  # it offers direct calls
+            direct: DirectCalls = handle  # type: ignore[assignment]
+            self.direct_calls = direct
+            self.direct = direct.direct
+            self.calls = direct.calls
+            self.current_task = direct.current_task
 
     def die(self, reason: BaseException) -> None:
         """Record this incarnation's death (idempotent). The replica stops taking

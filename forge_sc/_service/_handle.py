@@ -26,6 +26,10 @@ class RouteObserver(Protocol):
 class RequestPath(Protocol):
     """What sends one request (the service, or its request-path view)."""
 
+    #: Whether an ``async with svc.session()`` block was ever entered on the service:
+    #: until then no task can be in one, and ``route()`` skips the context lookup.
+    _session_blocks: bool
+
     async def _request(
         self,
         spec: EndpointSpec,
@@ -64,14 +68,16 @@ class ServiceEndpoint:
     """One endpoint of a service. ``route`` sends to one replica chosen by the
     endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
 
-    __slots__ = ("_batcher", "_obs", "_send", "_spec", "_svc", "router")
+    __slots__ = ("_batcher", "_obs", "_path", "_send", "_spec", "_svc", "router")
 
     def __init__(
         self, svc: Dispatcher, spec: EndpointSpec, path: RequestPath | None = None
     ) -> None:
         self._svc = svc
-        #: ``_request`` of ``path`` (the service's request-path view), bound once.
-        self._send = (svc if path is None else path)._request
+        #: The service's request-path view (attribute reads there are specialized).
+        self._path: RequestPath = svc if path is None else path
+        #: ``_request`` of ``path``, bound once.
+        self._send = self._path._request
         self._spec = spec
         self.router: Router = spec.router()
         self._batcher: Batcher | None = None
@@ -105,9 +111,10 @@ class ServiceEndpoint:
         """
         svc = self._svc
         if sess_id is None:
-            current = CURRENT_SESSIONS.get(None)
-            if current is not None:
-                sess_id = current.get(svc)
+            if self._path._session_blocks:  # a task may be in a session() block
+                current = CURRENT_SESSIONS.get(None)
+                if current is not None:
+                    sess_id = current.get(svc)
         elif not isinstance(sess_id, str):
             raise TypeError(
                 f"{self._spec.name}.route(sess_id=...): a session id is a str (from "

@@ -115,6 +115,7 @@ class Lifecycle(Admission):
         escalate = self._starting or all(r._exhausted for r in self._replicas)
         if escalate:
             self._failed = True
+            self._gate = None
             _events.service_escalated(self, budget, cause)
             # The body is cancelled before anyone wakes, so the body's own requests
             # end by that cancellation (see _escalated), not by NoHealthyReplicasError.
@@ -236,6 +237,7 @@ class Lifecycle(Admission):
                 if not r._done.is_set():  # its supervisor never ran
                     r._finished()
             self._closing = True
+            self._gate = None
             self._forced = True
             self._wake_everyone()
             self._closed.set()
@@ -251,6 +253,7 @@ class Lifecycle(Admission):
             return
         self._close_started = True
         self._closing = True
+        self._gate = None
         try:
             if self._inflight:
                 timeout = self._config.graceful_shutdown_timeout

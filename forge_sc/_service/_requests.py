@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from .._metrics import Recorder, clock
+from .._metrics import INLINE_RECORDS, Recorder, clock
 from .._replica import Incarnation
 from .._routing import Router
 from .._spec import EndpointSpec
@@ -44,7 +44,7 @@ class Requests(Admission):
 
         ``also`` (a batcher's) records the outcome too, with the same figures.
         """
-        if self._closing or self._failed or get_ident() != self._thread:
+        if get_ident() != self._gate:  # closing, failed, or not the service's thread
             self._check_open()
         t0 = clock()
         self._inflight += 1
@@ -80,7 +80,28 @@ class Requests(Admission):
                     self._dirty = True
                 attempts += 1
                 try:
-                    result = await inc.call(spec.name, args, kwargs)
+                    fn = inc.direct.get(spec.name)
+                    if fn is None:
+                        result = await inc.call(spec.name, args, kwargs)
+                    else:
+                        # The backend's direct call (mesh._protocol.DirectCalls): the
+                        # endpoint's coroutine is awaited in this frame, not in a
+                        # frame of the backend's ``call``.
+                        task = inc.current_task()
+                        calls = inc.calls
+                        calls.add(task)
+                        try:
+                            result = await (fn(*args, **kwargs) if kwargs else fn(*args))
+                        except Exception:
+                            calls.discard(task)
+                            raise
+                        except BaseException as exc:
+                            calls.discard(task)
+                            assert inc.direct_calls is not None
+                            await inc.direct_calls.direct_failed(spec.name, exc)
+                        calls.discard(task)
+                        if not inc.direct_calls.alive:  # type: ignore[union-attr]
+                            await inc.direct_calls.direct_failed(spec.name, None)  # type: ignore[union-attr]
                 except ReplicaGone as exc:
                     self._release(replica, inc)
                     inc.die(exc)
@@ -137,7 +158,12 @@ class Requests(Admission):
                 if self._waiters or replica._waiters:
                     self._slot_freed(replica)
                 now = clock()
-                replica._rec.record(now, now - t0, True)
+                rec = replica._rec
+                pending = rec._pending
+                if now < rec._edge and len(pending) < INLINE_RECORDS:
+                    pending.append(now - t0)  # (Recorder.record of a success, inlined)
+                else:
+                    rec.record(now, now - t0, True)
                 if also is not None:
                     also.record(now, now - t0, True)
                 return result

@@ -118,6 +118,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._closing = False
         self._forced = False
         self._failed = False
+        self._gate = self._thread
         # The cancel scope of the open_service body, cancelled on escalation.
         self._body_scope = None
         self._closed = anyio.Event()
@@ -133,6 +134,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._retired_restarts = 0
         self._t0 = clock()
         self._sessions = {}
+        self._session_blocks = False
         self._session_idx = {}
         self._session_view = MappingProxyType(self._session_idx)
         self._session_router = SessionRouter(LeastLoadedRouter())
@@ -225,6 +227,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
     @asynccontextmanager
     async def _session_block(self) -> AsyncIterator[str]:
         sid = await self.start_session()
+        self._session_blocks = True
         ref = BlockSession(sid)
         current = _CURRENT_SESSIONS.get(None)
         token = _CURRENT_SESSIONS.set({**(current or {}), self: ref})

@@ -78,6 +78,9 @@ class ServiceState:
     _closing: bool
     _forced: bool
     _failed: bool
+    # The request path's one admission check: the event loop's thread while the
+    # service takes requests, None once it closes or fails (set with those flags).
+    _gate: int | None
     _starting: bool
     _start_pending: set[int]  # replicas not yet healthy once, while starting
     _started: anyio.Event
@@ -99,6 +102,7 @@ class ServiceState:
     # Sessions: id -> the incarnation it is bound to (None until its first call),
     # id -> replica index (what routers see, read-only).
     _sessions: dict[str, Incarnation | None]
+    _session_blocks: bool  # an ``async with svc.session()`` was ever entered
     _session_idx: dict[str, int]
     _session_view: Mapping[str, int]
     _session_router: SessionRouter
@@ -109,7 +113,7 @@ class ServiceState:
     def _admit(self) -> None:
         """Count a request in flight (refused once the service closes or failed, or
         from another thread). ``_request`` inlines the same on its hot path."""
-        if self._closing or self._failed or get_ident() != self._thread:
+        if get_ident() != self._gate:
             self._check_open()
         self._inflight += 1
 

@@ -36,19 +36,28 @@ Contract every backend keeps (the core relies on each point):
   (a backend that files replicas by index, like FakeMesh, files it then); before
   that its ``idx`` is -1. A spare's ``on_abandoned_settled`` is bound late, to
   whichever incarnation it becomes.
+* Optionally, a replica whose endpoints run in the caller's own task (an in-process
+  backend) offers *direct calls* (:class:`DirectCalls`): the core then awaits the
+  endpoint's coroutine in its own frame instead of awaiting ``call``, which saves a
+  coroutine frame that every suspension of every request would cross (the largest
+  single cost of an in-process request after the event loop's own). The core keeps
+  the backend's bookkeeping around such a call exactly as ``call`` would: it adds the
+  calling task to ``calls`` before the endpoint starts and removes it when the
+  endpoint ends; ``call`` remains the path for everything ``direct`` does not offer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import attrs
 
 __all__ = [
     "CallKilledReplica",
     "CallerGone",
+    "DirectCalls",
     "Mesh",
     "MeshReplica",
     "ReplicaGone",
@@ -142,6 +151,50 @@ class MeshReplica(Protocol):
     async def stop(self) -> None:
         """Stop the replica and its processes; idempotent; in-flight calls then raise
         ``ReplicaGone``."""
+        ...
+
+
+class DirectCalls(Protocol):
+    """The optional direct-call interface of a :class:`MeshReplica` (see the module
+    docstring). A request that uses it runs, in the caller's task::
+
+        fn = direct.get(endpoint)                  # None: use call() instead
+        task = current_task(); calls.add(task)
+        try:
+            result = await fn(*args, **kwargs)
+        except Exception:                          # the endpoint's own exception
+            calls.discard(task); raise
+        except BaseException as exc:               # cancelled, interrupted, killed...
+            calls.discard(task)
+            await direct_failed(endpoint, exc)     # raises what call() would have
+        calls.discard(task)
+        if not alive:                              # it died while the call ran
+            await direct_failed(endpoint, None)
+    """
+
+    #: Endpoint name -> the endpoint bound to the replica's actor, returning the
+    #: endpoint's coroutine, for the endpoints that may be called directly *now*. The
+    #: backend updates this mapping in place (the core keeps a reference): it holds
+    #: no entry while calls must go through ``call`` (the replica is dead, slowed,
+    #: has several ranks, or answers with a list per rank).
+    direct: Mapping[str, Callable[..., Any]]
+    #: The tasks running a direct call on this replica; when it dies, the backend
+    #: interrupts them where they wait (as ``call`` does with its own).
+    calls: set[Any]
+    #: False once the replica died or stopped: a direct call that returned meanwhile
+    #: has no answer.
+    alive: bool
+
+    def current_task(self) -> Any:
+        """The calling task, as ``calls`` holds it."""
+        ...
+
+    async def direct_failed(self, endpoint: str, exc: BaseException | None) -> NoReturn:
+        """A direct call of ``endpoint`` let out ``exc`` (a ``BaseException`` that is
+        not an ``Exception``), or returned after the replica died (``exc`` None); the
+        calling task has left ``calls``. Raise what ``call`` would have raised: the
+        exception itself, :class:`ReplicaGone` (waiting first, for a hung replica,
+        until it is stopped), or :class:`CallKilledReplica`."""
         ...
 
 

@@ -320,6 +320,10 @@ class _TracedReplica:
     """A replica handle whose calls count attempts of the traced request, give a
     batch (or fan-out leg) its own span, and carry the context to remote replicas."""
 
+    #: No direct calls (``mesh._protocol.DirectCalls``), whatever the wrapped handle
+    #: offers: every call goes through :meth:`call`, where it is counted and traced.
+    direct = None
+
     def __init__(self, handle: Any, spec: Any, observer: _Observer) -> None:
         from ..mesh.monarch import MonarchReplica
 

@@ -48,7 +48,7 @@ import outcome
 import sniffio
 import trio
 
-from .._shims._trio import attempt_abort, is_blocked
+from .._shims._trio import attempt_abort, current_trio_task, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
 from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds
@@ -81,21 +81,16 @@ def _current_task_getter() -> Callable[[], Any]:
     On Python 3.11 ``asyncio.current_task()`` calls ``get_running_loop()``, which
     makes a ``getpid()`` system call (~0.25 µs, more under load) on every call. The
     C implementation keeps the current task of each loop in ``asyncio.tasks.
-    _current_tasks``; a bound ``get`` of it for this loop answers the same for a
-    fraction of the cost. Used only where it gives the same answer as
-    ``asyncio.current_task()`` right now (else, on a Python that keeps the current
-    task elsewhere, ``asyncio.current_task`` itself).
+    _current_tasks``; its ``get`` bound to this loop (a ``partial``: no Python frame)
+    answers the same for a fraction of the cost. Used only where it gives the same
+    answer as ``asyncio.current_task()`` right now (else, on a Python that keeps the
+    current task elsewhere, ``asyncio.current_task`` itself).
     """
     loop = asyncio.get_running_loop()
     current = getattr(asyncio.tasks, "_current_tasks", None)
     task = asyncio.current_task()
     if isinstance(current, dict) and task is not None and current.get(loop) is task:
-        get: Callable[[Any], Any] = current.get
-
-        def current_task() -> Any:
-            return get(loop)
-
-        return current_task
+        return partial(current.get, loop)
     return asyncio.current_task
 
 
@@ -240,7 +235,7 @@ class _Deliver(trio.abc.Instrument):
     def after_task_step(self, task: Any) -> None:
         replica = self.tasks.get(task)
         if replica is not None:
-            if task not in replica._tasks:  # its call ended meanwhile
+            if task not in replica.calls:  # its call ended meanwhile
                 del self.tasks[task]
             elif is_blocked(task):  # it waits: interrupt it now
                 del self.tasks[task]
@@ -250,9 +245,18 @@ class _Deliver(trio.abc.Instrument):
 
 
 class FakeReplica:
-    """One incarnation of an in-process replica (implements ``MeshReplica``)."""
+    """One incarnation of an in-process replica (implements ``MeshReplica`` and its
+    direct calls, ``DirectCalls``: the service awaits an async endpoint's coroutine
+    itself, registering its task in ``calls`` as ``call`` does)."""
 
     detaches_on_cancel = False
+    #: ``DirectCalls``: the endpoints callable directly now (see ``refresh``), the
+    #: tasks in a call here (direct or through ``call``), whether it lives, and a
+    #: C-level getter of the current task.
+    direct: dict[str, Callable[..., Any]]
+    calls: set[Any]
+    alive: bool
+    current_task: Callable[[], Any]
 
     def __init__(self, mesh: FakeMesh, spec: SpawnSpec, ranks: list[Any], table: _Table) -> None:
         self._mesh = mesh
@@ -265,16 +269,24 @@ class FakeReplica:
         self._actor = ranks[0]
         #: The endpoints bound to rank 0, for the hot path (one rank, alive).
         self._bound = {name: MethodType(fn, ranks[0]) for name, fn in table.fns.items()}
+        # The endpoints a direct call may run: coroutine functions run as they are
+        # (not an explicit-port or generator adapter).
+        self._direct_fns = {
+            name: self._bound[name]
+            for name, info in table.infos.items()
+            if table.fns[name] is info.fn and inspect.iscoroutinefunction(info.fn)
+        }
+        self.direct = {}
+        self.alive = True
         self._multi = len(ranks) > 1
         self._asyncio = sniffio.current_async_library() == "asyncio"
         self._cancelled: type[BaseException] = (
             asyncio.CancelledError if self._asyncio else trio.Cancelled
         )
         self.call = self._call_asyncio if self._asyncio else self._call_trio  # type: ignore[method-assign]
-        self._current_task: Callable[[], Any] = (
-            _current_task_getter() if self._asyncio else trio.lowlevel.current_task
-        )
-        self._tasks: set[Any] = set()  # tasks running a call here (hot path)
+        self.current_task = _current_task_getter() if self._asyncio else current_trio_task()
+        self._current_task: Callable[[], Any] = self.current_task
+        self.calls = set()  # tasks running a call here (hot path)
         self._interrupted: set[Any] = set()  # asyncio tasks this replica cancelled
         self._life = _Life.ALIVE
         self._scopes: set[anyio.CancelScope] = set()  # calls on the slow path
@@ -305,7 +317,7 @@ class FakeReplica:
         if type(result) is not CoroutineType:
             return result if self._first_only else [result]
         task = self._current_task()
-        tasks = self._tasks
+        tasks = self.calls
         tasks.add(task)
         try:
             value = await result
@@ -339,7 +351,7 @@ class FakeReplica:
         if not self._fast:
             return await self._call_slow_path(endpoint, args, kwargs)
         task = trio.lowlevel.current_task()
-        tasks = self._tasks
+        tasks = self.calls
         tasks.add(task)
         try:
             value = (
@@ -363,6 +375,33 @@ class FakeReplica:
         if self._life is not _ALIVE:  # died while this call ran: no answer
             return await self._after_interrupt()
         return value if self._first_only else [value]
+
+    async def direct_failed(self, endpoint: str, exc: BaseException | None) -> NoReturn:
+        """A direct call let out ``exc`` (not an ``Exception``), or returned after this
+        replica died (``exc`` None): raise what ``call`` raises in that case (the
+        branches of ``_call_asyncio`` and ``_call_trio`` after their ``await``)."""
+        if exc is None:
+            await self._after_interrupt()
+        elif self._asyncio:
+            if isinstance(exc, asyncio.CancelledError):
+                task = self._current_task()
+                if task in self._interrupted:
+                    self._interrupted.discard(task)
+                    task.uncancel()
+                    await self._after_interrupt()
+                if self._own_cancel(exc, endpoint):
+                    await self._hang_on_own_cancel()
+            elif self._ends(exc, endpoint):
+                await self._killed(endpoint, exc)
+        else:
+            if _interrupts(exc, self):
+                await self._after_interrupt()
+            if self._own_cancel(exc, endpoint):
+                await self._hang_on_own_cancel()
+            if self._ends(exc, endpoint):
+                await self._killed(endpoint, exc)
+        assert exc is not None  # _after_interrupt always raises
+        raise exc
 
     async def _run(
         self, fn: Callable[..., Any], actor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -416,13 +455,13 @@ class FakeReplica:
         task = self._current_task()
         return task is not None and not task.cancelling()
 
-    async def _hang_on_own_cancel(self) -> Any:
+    async def _hang_on_own_cancel(self) -> NoReturn:
         # On Monarch 0.7.0 an actor whose endpoint let out a CancelledError of its own
         # stops answering, that call and every later one (measured): so does this one.
         self._end(_Life.HUNG)
-        return await self._after_interrupt()
+        await self._after_interrupt()
 
-    async def _after_interrupt(self) -> Any:
+    async def _after_interrupt(self) -> NoReturn:
         if self._life is _Life.HUNG:
             await self._stopped.wait()  # a hung process never answers
         raise ReplicaGone(f"replica {self._idx} {self._life.name.lower()}")
@@ -486,17 +525,23 @@ class FakeReplica:
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute whether calls may take the hot path."""
+        """Recompute whether calls may take the hot path, and which may be direct."""
         self._fast = (
             self._life is _Life.ALIVE and not self._multi and self._idx not in self._mesh._slow
         )
+        if self._fast and self._first_only:
+            self.direct.update(self._direct_fns)
+        else:
+            self.direct.clear()
 
     def _end(self, life: _Life, reason: ReplicaGone | None = None) -> None:
         self._life = life
         self._fast = False
+        self.alive = False
+        self.direct.clear()
         for scope in list(self._scopes):
             scope.cancel()
-        if self._tasks:
+        if self.calls:
             self._interrupt_calls()
         if life is _Life.CRASHED:
             self._reason = reason or ReplicaGone(f"replica {self._idx} crashed (injected)")
@@ -510,7 +555,7 @@ class FakeReplica:
         returns."""
         if self._asyncio:
             running = asyncio.current_task()
-            for task in list(self._tasks):
+            for task in list(self.calls):
                 if task is not running and task not in self._interrupted:
                     self._interrupted.add(task)
                     task.cancel("forge_sc.testing: replica died")
@@ -520,7 +565,7 @@ class FakeReplica:
         except RuntimeError:  # a fault injected from another thread, run in trio's context
             current = None
         deliver = self._mesh._deliver
-        for task in list(self._tasks):
+        for task in list(self.calls):
             if task is current:
                 continue
             if is_blocked(task):  # waiting: abort that wait
