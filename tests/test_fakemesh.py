@@ -24,6 +24,12 @@ class Sleeper(ForgeActor):
     def __init__(self) -> None:
         self.finished = 0
         self.mesh: FakeMesh | None = None
+        self.delay = 0.0
+
+    @endpoint
+    async def nap_here(self) -> str:
+        await anyio.sleep(self.delay)
+        return "done"
 
     @endpoint
     async def nap(self, seconds: float) -> str:
@@ -244,6 +250,32 @@ async def test_a_crash_interrupts_only_the_dead_replicas_call_of_a_nested_servic
         assert (stats.restarts, stats.failed_requests) == (0, 0)  # withdrawn, not failed
         assert inner_mesh.spawn_count(0) == 1
         assert inner.replicas[0].healthy
+
+
+@pytest.mark.parametrize("procs", [1, 2], ids=["direct-call", "through-call"])
+async def test_a_crash_reroutes_the_requests_waiting_on_its_replica(procs: int) -> None:
+    # One rank: the service awaits the endpoint itself (FakeMesh's direct calls);
+    # two: through FakeMesh's call(). The same crash must end the same way.
+    mesh = FakeMesh()
+    async with open_service(Sleeper, num_replicas=2, procs=procs, mesh=mesh, **FAST) as svc:
+        results: list[str] = []
+
+        async def call() -> None:
+            results.append(await svc.nap_here.route())
+            await anyio.lowlevel.checkpoint()  # no stray cancellation left on this task
+
+        mesh.actor(0).delay = 60.0  # only an interruption ends these in time
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):  # round robin: two on each replica
+                    tg.start_soon(call)
+                await wait_for(lambda: svc.replicas[0].active_requests == 2)
+                mesh.crash(0)
+        assert results == ["done"] * 4
+        stats = svc.statistics()
+        assert (stats.retries, stats.failed_requests, stats.successful_requests) == (2, 0, 4)
+        await wait_for(lambda: svc.replicas[0].healthy)
+        assert mesh.spawn_count(0) == 2
 
 
 def test_fault_injection_takes_only_sensible_values() -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import collections
+import math
+
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from forge_sc import open_service
-from forge_sc._metrics import Recorder, percentile
+from forge_sc._metrics import _K, _MIN_LATENCY, Recorder, percentile
 from forge_sc.testing import FakeMesh
 
 from .actors import Counter
@@ -193,3 +198,43 @@ async def test_statistics_from_another_thread_is_taken_on_the_services_loop(
     assert taken_on == {threading.get_ident()}  # every snapshot, on the loop's thread
     # After the block: a plain read, from any thread.
     assert (await anyio.to_thread.run_sync(svc.statistics)).total_requests == 2000
+
+
+@given(
+    st.lists(
+        st.one_of(
+            # a latency inside a bucket, away from its rounding edges: from a few
+            # neighbouring buckets (runs side by side) or from anywhere
+            st.tuples(
+                st.one_of(st.integers(-160, -155), st.integers(-400, 200)),
+                st.floats(0.01, 0.99),
+            ).map(lambda bf: math.exp((bf[0] + bf[1]) / _K)),
+            st.sampled_from([0.0, 1e-9, _MIN_LATENCY]),  # clamped to the lowest bucket
+        ),
+        max_size=300,
+    )
+)
+def test_the_fold_counts_each_latency_in_its_log_bucket(latencies: list[float]) -> None:
+    # The fold counts runs of the sorted latencies; each must land where the bucket
+    # formula puts it, and the percentiles follow.
+    expected = collections.Counter(
+        math.floor(math.log(max(x, _MIN_LATENCY)) * _K) for x in latencies
+    )
+    r = Recorder()
+    for x in latencies:
+        r.record(10.25, x, True)
+    hist: dict[int, int] = {}
+    n, total = r.window_histogram(10.5, hist)
+    assert n == len(latencies) and total == pytest.approx(sum(latencies))
+    assert {b: c for b, c in hist.items() if c} == dict(expected)
+
+
+def test_the_fold_counts_latencies_on_bucket_edges_once() -> None:
+    # exp(b / K) rounds to either side of its edge; each is counted, once.
+    edges = [math.exp(b / _K) for b in range(-300, 100)] * 3
+    r = Recorder()
+    for x in edges:
+        r.record(20.5, x, True)
+    hist: dict[int, int] = {}
+    assert r.window_histogram(20.75, hist)[0] == len(edges)
+    assert sum(hist.values()) == len(edges)

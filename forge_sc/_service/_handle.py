@@ -68,7 +68,7 @@ class ServiceEndpoint:
     """One endpoint of a service. ``route`` sends to one replica chosen by the
     endpoint's router (or the session's replica); ``fanout`` to every healthy one."""
 
-    __slots__ = ("_batcher", "_obs", "_path", "_send", "_spec", "_svc", "router")
+    __slots__ = ("_batcher", "_obs", "_path", "_plain", "_send", "_spec", "_svc", "router")
 
     def __init__(
         self, svc: Dispatcher, spec: EndpointSpec, path: RequestPath | None = None
@@ -84,10 +84,17 @@ class ServiceEndpoint:
         #: The per-request observer (tracing, latency histogram), when one was
         #: turned on before the service opened (forge_sc.observe.otel); else None.
         self._obs: RouteObserver | None = None
+        #: Unbatched and unobserved: ``route()`` is the request path's coroutine.
+        self._plain = not spec.batched
 
     def _bind(self, batcher: Batcher) -> None:
         """Give a batched endpoint its batcher (made when the service starts)."""
         self._batcher = batcher
+
+    def _observe(self, observer: RouteObserver) -> None:
+        """Wrap every routed request of this endpoint in ``observer``."""
+        self._obs = observer
+        self._plain = False
 
     def __repr__(self) -> str:
         return f"<ServiceEndpoint {self._spec.name}>"
@@ -109,17 +116,19 @@ class ServiceEndpoint:
         def`` wrapping it: one coroutine frame less for every resume of every
         request.)
         """
-        svc = self._svc
         if sess_id is None:
             if self._path._session_blocks:  # a task may be in a session() block
                 current = CURRENT_SESSIONS.get(None)
                 if current is not None:
-                    sess_id = current.get(svc)
+                    sess_id = current.get(self._svc)
         elif not isinstance(sess_id, str):
             raise TypeError(
                 f"{self._spec.name}.route(sess_id=...): a session id is a str (from "
                 f"start_session(), or one of your own), got {sess_id!r}"
             )
+        if self._plain:
+            return self._send(self._spec, self.router, args, kwargs, sess_id)
+        svc = self._svc
         spec = self._spec
         if spec.batch_size > 1:
             if sess_id is None:

@@ -200,7 +200,7 @@ def _attach(svc: Any) -> None:
     """Install the per-request observer on a service about to start."""
     observer = _Observer(svc, _tracer, _histogram)
     for ep in svc._endpoints.values():
-        ep._obs = observer
+        ep._observe(observer)
     if _tracer is not None:
         svc._mesh = _TracedMesh(svc._mesh, observer)
 

@@ -5,7 +5,9 @@ the endpoint itself.
 
 Interrupting a call when its replica crashes must be cheap: a cancel scope per call
 costs 4 µs (asyncio) to 6-11 µs (trio), more than the whole routing overhead. So the
-caller's task is registered with the incarnation (a set insertion), and when the
+caller's task is registered with the incarnation (a set insertion: ``calls``, by
+``call`` or, for a direct call, by the service's request path, which awaits an async
+endpoint's coroutine itself: ``mesh._protocol.DirectCalls``), and when the
 replica dies each registered task is interrupted where it waits: on asyncio by
 ``task.cancel()`` (then ``uncancel()`` here); on trio through the task's abort hook,
 the same path a cancellation takes, raising a private ``_Interrupted`` instead of
