@@ -1,8 +1,9 @@
 """Mesh backends: the boundary between the service core and a process runtime.
 
 The core talks only to the protocol in this module (:class:`Mesh`,
-:class:`MeshReplica`, :class:`SpawnSpec`, :class:`ReplicaGone`); a third-party backend
-implements it. Two implementations ship: :class:`MonarchMesh` (the default; real
+:class:`MeshReplica`, :class:`SpawnSpec`, :class:`ReplicaGone`; optionally
+:class:`DirectCalls` for a backend that runs endpoints in the caller's task); a
+third-party backend implements it. Two implementations ship: :class:`MonarchMesh` (the default; real
 processes) and :class:`forge_sc.testing.FakeMesh` (in-process, with fault injection).
 
 ``MonarchMesh`` is loaded on first use, so that importing the protocol (as the core
@@ -15,6 +16,7 @@ from .._home import public_home as _set_home
 from ._gpu import GpuPool as GpuPool
 from ._gpu import NotEnoughGpusError as NotEnoughGpusError
 from ._protocol import CallKilledReplica as CallKilledReplica
+from ._protocol import DirectCalls as DirectCalls
 from ._protocol import Mesh as Mesh
 from ._protocol import MeshReplica as MeshReplica
 from ._protocol import ReplicaGone as ReplicaGone
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallKilledReplica",
+    "DirectCalls",
     "GpuPool",
     "Mesh",
     "MeshReplica",
