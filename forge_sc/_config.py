@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ServiceConfig", "config_field_names"]
+__all__ = ["ServiceConfig", "check_replica_index", "config_field_names"]
 
 
 #: Upper bounds of the size fields: far above any real deployment, low enough that a
@@ -39,6 +39,12 @@ def finite_float(value: Any) -> float | None:
     except OverflowError:
         return None
     return as_float if math.isfinite(as_float) else None
+
+
+def check_replica_index(idx: object) -> None:
+    """A replica index (``Replica.idx``) is an int, not a bool: else ``TypeError``."""
+    if isinstance(idx, bool) or not isinstance(idx, int):
+        raise TypeError(f"a replica index is an int (Replica.idx), got {idx!r}")
 
 
 def _int_between(low: int, high: int, *, optional: bool = False) -> Any:

@@ -16,6 +16,7 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from .._config import check_replica_index
 from .._metrics import clock
 from .._replica import MAX_BACKOFF, Incarnation, Relay, Replica, SparePool, supervise
 from .._waiters import Waiter
@@ -147,8 +148,7 @@ class Lifecycle(Admission):
         return replica
 
     def _replica(self, idx: int) -> Replica:
-        if isinstance(idx, bool) or not isinstance(idx, int):
-            raise TypeError(f"a replica index is an int (Replica.idx), got {idx!r}")
+        check_replica_index(idx)
         replica = self._by_idx.get(idx)
         if replica is None:
             raise ValueError(f"no replica with index {idx!r}; indices: {sorted(self._by_idx)}")

@@ -50,6 +50,7 @@ import outcome
 import sniffio
 import trio
 
+from .._config import check_replica_index
 from .._shims._trio import attempt_abort, current_trio_task, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
@@ -578,11 +579,6 @@ class FakeReplica:
                 deliver.tasks[task] = self
 
 
-def _index(idx: object) -> None:
-    if isinstance(idx, bool) or not isinstance(idx, int):
-        raise TypeError(f"a replica index is an int (Replica.idx), got {idx!r}")
-
-
 def _seconds(what: str, value: object) -> float:
     """``value`` as a finite number of seconds >= 0, or a clear error."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -709,7 +705,7 @@ class FakeMesh:
             return fn()
 
     def _live(self, idx: int) -> FakeReplica:
-        _index(idx)
+        check_replica_index(idx)
         replica = self._current.get(idx)
         if replica is None:
             raise KeyError(f"replica {idx} has never been spawned on this FakeMesh")
@@ -741,7 +737,7 @@ class FakeMesh:
     def slow(self, idx: int, seconds: float) -> None:
         """Every call to replica ``idx`` (this and later incarnations) first waits
         ``seconds``; ``slow(idx, 0)`` ends it. Callable from any thread."""
-        _index(idx)
+        check_replica_index(idx)
         seconds = _seconds("slow()", seconds)
 
         def slow() -> None:
@@ -757,7 +753,7 @@ class FakeMesh:
 
     def fail_spawns(self, idx: int, count: int) -> None:
         """The next ``count`` spawns of replica ``idx`` fail. Callable from any thread."""
-        _index(idx)
+        check_replica_index(idx)
         if isinstance(count, bool) or not isinstance(count, int):
             raise TypeError(f"fail_spawns() takes a count (an int), got {count!r}")
         if count < 0:
@@ -770,7 +766,7 @@ class FakeMesh:
 
     def spawn_count(self, idx: int) -> int:
         """How many times replica ``idx`` was spawned (failed spawns included)."""
-        _index(idx)
+        check_replica_index(idx)
         return self._spawns.get(idx, 0)
 
     def actor(self, idx: int) -> Any:
