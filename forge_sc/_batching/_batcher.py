@@ -10,6 +10,8 @@ request path: router, queue, retry on replica death, ``idempotent`` honoured).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -45,6 +47,7 @@ class BatchHost(Protocol):
         kwargs: dict[str, Any],
         sess_id: str | None,
         also: Recorder | None = None,
+        post: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Run one request on one replica (routing, queueing, retries)."""
 
@@ -110,10 +113,15 @@ def merge_one(
 
 def split_one(spec: EndpointSpec, result: Any) -> Any:
     """The single result of a batch of one."""
+    return split_all(spec, 1, result)[0]
+
+
+def split_all(spec: EndpointSpec, n: int, result: Any) -> Any:
+    """The ``n`` results of a batch of ``n`` calls, in order (a list or tuple)."""
     if spec.split is not None:
         result = spec.split(result)
-    _check_length(spec, result, 1)
-    return result[0]
+    _check_length(spec, result, n)
+    return result
 
 
 def _check_length(spec: EndpointSpec, result: Any, n: int) -> None:
@@ -300,14 +308,19 @@ class Batcher:
                 bargs = tuple(collate(values) for values in bargs)
                 bkwargs = {k: collate(values) for k, values in bkwargs.items()}
             with taken.scope:
+                # Split inside the request: a result that is not one per call is
+                # that replica's failure in its metrics (the callers' too).
                 result = await self._svc._request(
-                    self._spec, self._router, bargs, bkwargs, None, also=self.calls
+                    self._spec,
+                    self._router,
+                    bargs,
+                    bkwargs,
+                    None,
+                    also=self.calls,
+                    post=partial(split_all, self._spec, n),
                 )
             if taken.scope.cancelled_caught:
                 return  # every caller left: the request was withdrawn (or abandoned)
-            if self._spec.split is not None:
-                result = self._spec.split(result)
-            _check_length(self._spec, result, n)
         except anyio.get_cancelled_exc_class():
             self._settle(items, error=self._closed_error("while this batch was running"))
             raise

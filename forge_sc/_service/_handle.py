@@ -38,6 +38,7 @@ class RequestPath(Protocol):
         kwargs: dict[str, Any],
         sess_id: str | None,
         also: Recorder | None = None,
+        post: Callable[[Any], Any] | None = None,
     ) -> Any: ...
 
 
@@ -198,4 +199,6 @@ async def _batch_of_one(
 ) -> Any:
     """A call in a session is never merged: it goes alone, as a batch of one."""
     bargs, bkwargs = merge_one(spec, args, kwargs)
-    return split_one(spec, await svc._request(spec, router, bargs, bkwargs, sess_id))
+    # Split inside the request: a result that is not one result for the one call
+    # is that replica's failure in the metrics, as in a fan-out.
+    return await svc._request(spec, router, bargs, bkwargs, sess_id, post=partial(split_one, spec))

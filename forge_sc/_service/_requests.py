@@ -8,6 +8,7 @@ for capacity or recovery, sessions, retries) is on slow paths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -39,10 +40,14 @@ class Requests(Admission):
         kwargs: dict[str, Any],
         sess_id: str | None,
         also: Recorder | None = None,
+        post: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Run one request to completion: pick, send, retry on replica death.
 
         ``also`` (a batcher's) records the outcome too, with the same figures.
+        ``post`` (a batched endpoint's split) turns the replica's answer into the
+        request's result; if it raises, the request failed on that replica (counted
+        so there, as a fan-out counts it) and is not re-sent.
         """
         if get_ident() != self._gate:  # closing, failed, or not the service's thread
             self._check_open()
@@ -102,6 +107,8 @@ class Requests(Admission):
                         calls.discard(task)
                         if not inc.direct_calls.alive:  # type: ignore[union-attr]
                             await inc.direct_calls.direct_failed(spec.name, None)  # type: ignore[union-attr]
+                    if post is not None:
+                        result = post(result)
                 except ReplicaGone as exc:
                     self._release(replica, inc)
                     inc.die(exc)

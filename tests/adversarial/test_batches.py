@@ -80,6 +80,30 @@ async def test_a_wrong_batch_result_fails_every_caller_of_that_batch_clearly(kin
         assert svc.statistics().failed_requests == 3
 
 
+@pytest.mark.parametrize("in_session", [False, True])
+async def test_a_wrong_batch_result_is_a_failure_of_the_replica_that_gave_it(
+    in_session: bool,
+) -> None:
+    """The caller's BatchResultError is a failed request in every count: the
+    service's, and the replica's that returned it (as a fan-out counts it), also for
+    a session's call, which goes alone as a batch of one."""
+    async with checked_service() as svc:
+        if in_session:
+            async with svc.session():
+                with pytest.raises(BatchResultError, match="one result per call"):
+                    await svc.bshape.route("short")
+                assert await svc.bshape.route("ok") == "ok"
+        else:
+            with pytest.raises(BatchResultError, match="one result per call"):
+                await svc.bshape.route("short")
+            assert await svc.bshape.route("ok") == "ok"
+        stats = svc.statistics()
+        assert (stats.successful_requests, stats.failed_requests) == (1, 1)
+        (replica,) = stats.replicas
+        assert (replica.successful_requests, replica.failed_requests) == (1, 1)
+        assert_idle(svc)
+
+
 @pytest.mark.parametrize("stage", ["pending", "queued", "running"])
 async def test_a_cancelled_batched_caller_at_every_stage_leaves_nothing(stage: str) -> None:
     """Cancel batched callers while their batch is pending (not yet sent), queued for
