@@ -350,7 +350,11 @@ class Batcher:
     ) -> None:
         now = clock()
         ok = error is None
-        self.items.record_many(now, [now - item.t_clock for item in items], ok)
+        # A caller that left after the batch was sent is not counted (as an unbatched
+        # cancelled caller is not).
+        latencies = [now - item.t_clock for item in items if not item.cancelled]
+        if latencies:
+            self.items.record_many(now, latencies, ok)
         for i, item in enumerate(items):
             if ok:
                 item.result = results[i]

@@ -17,7 +17,7 @@ import anyio
 
 from .._metrics import Recorder
 from .._waiters import WaitQueue
-from ..mesh._protocol import DirectCalls, MeshReplica, ReplicaGone
+from ..mesh._protocol import CallNotSent, DirectCalls, MeshReplica
 
 __all__ = ["Incarnation", "Replica", "ReplicaEvents", "ReplicaState"]
 
@@ -107,7 +107,7 @@ class Incarnation:
     async def _not_attached(
         self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        raise ReplicaGone(f"replica {self.replica.idx} has not started yet")
+        raise CallNotSent(f"replica {self.replica.idx} has not started yet")
 
     def attach(self, handle: MeshReplica) -> None:
         """The backend built this incarnation: calls go to ``handle`` from now on."""

@@ -34,9 +34,15 @@ class SessionEnded(Exception):
 class Admission(ServiceState):
     """Waiting for a slot: in the service queue, or in a session replica's queue."""
 
-    async def _wait_for_slot(self, router: Router, waited: float) -> tuple[Replica, float]:
-        """Queue until some healthy replica has a free slot, then let the router pick."""
-        return await self._wait(lambda: self._pick_available(router), waited, None)
+    async def _wait_for_slot(
+        self, router: Router, waited: float, admitted: bool = False
+    ) -> tuple[Replica, float]:
+        """Queue until some healthy replica has a free slot, then let the router pick.
+        ``admitted``: the request is placed again after its replica died (it was let
+        in already: ``max_queued_requests`` does not shed it)."""
+        return await self._wait(
+            lambda: self._pick_available(router), waited, None, admitted=admitted
+        )
 
     def _pick_available(self, router: Router) -> Replica | None:
         if self._dirty:
@@ -55,17 +61,20 @@ class Admission(ServiceState):
         waited: float,
         target: Replica | None,
         claims: bool = True,
+        admitted: bool = False,
     ) -> tuple[Replica, float]:
         """Wait in the service queue (or ``target``'s queue) until ``attempt`` yields
         a replica (on which the caller takes a slot, if ``claims``); bounded by what is
-        left of ``request_timeout``. Waiters are served in the order they queued."""
+        left of ``request_timeout``. Waiters are served in the order they queued.
+        A request ``admitted`` before (placed again after a death) is not refused by
+        ``max_queued_requests``: the bound sheds new work, not work already taken."""
         config = self._config
         if self._failed:
             await self._escalated()
         if self._forced:
             raise ServiceClosedError("the service closed before the request could run")
         limit = config.max_queued_requests
-        if limit is not None and self._queued >= limit:
+        if limit is not None and self._queued >= limit and not admitted:
             raise ServiceOverloadedError(
                 f"the service queue is full (max_queued_requests={limit}); retry later, "
                 "add replicas, or raise max_queued_requests"
@@ -168,13 +177,18 @@ class Admission(ServiceState):
                         return replica, waited
                     try:
                         return await self._wait(
-                            partial(self._if_free_slot, replica), waited, replica
+                            partial(self._if_free_slot, replica),
+                            waited,
+                            replica,
+                            admitted=not may_create,
                         )
                     except Moved:
                         continue
             healthy = [r for r in self._replicas if r._state is HEALTHY]
             if not healthy:
-                _, waited = await self._wait(self._any_healthy, waited, None, claims=False)
+                _, waited = await self._wait(
+                    self._any_healthy, waited, None, claims=False, admitted=not may_create
+                )
                 continue
             replica = self._session_router.get_replica(healthy, sess_id, self._session_view)
             if replica not in healthy:

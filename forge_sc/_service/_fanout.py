@@ -39,7 +39,7 @@ class Fanout(Admission):
         errors: dict[int, Exception] = {}
         died: list[int] = []
         cut: list[int] = []  # those of ``died`` stopped by the service's end
-        self._admit()
+        self._admit(counted=False)  # (a fan-out counts per replica it reached)
         try:
             async with anyio.create_task_group() as tg:
                 for r in targets:

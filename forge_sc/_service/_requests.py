@@ -22,7 +22,7 @@ from ..errors import (
     RequestKilledReplicaError,
     ServiceClosedError,
 )
-from ..mesh._protocol import CallerGone, CallKilledReplica, ReplicaGone
+from ..mesh._protocol import CallerGone, CallKilledReplica, CallNotSent, ReplicaGone
 from ._admission import Admission, SessionEnded
 from ._state import get_ident
 
@@ -50,10 +50,11 @@ class Requests(Admission):
         so there, as a fan-out counts it) and is not re-sent.
         """
         if get_ident() != self._gate:  # closing, failed, or not the service's thread
-            self._check_open()
+            self._refuse()
         t0 = clock()
         self._inflight += 1
-        attempts = 0
+        attempts = 0  # placements on a replica
+        unsent = 0  # of them, calls the backend refused unsent (CallNotSent)
         waited = 0.0
         counted = False  # recorded on a replica already
         try:
@@ -67,7 +68,7 @@ class Requests(Admission):
                         if replica not in avail:
                             self._bad_router(router, replica)
                     else:
-                        replica, waited = await self._wait_for_slot(router, waited)
+                        replica, waited = await self._wait_for_slot(router, waited, attempts > 0)
                 else:
                     try:
                         replica, waited = await self._session_replica(
@@ -117,25 +118,37 @@ class Requests(Admission):
                             f"{spec.name}: this request killed replica {replica.idx}, so it "
                             f"was not re-sent; the replica is restarted. {exc.args[0]}"
                         ) from exc
-                    if self._closing:
+                    if self._closing and (self._forced or self._any_healthy() is None):
+                        # Past the drain, or no replica left to finish it on (none is
+                        # restarted while the service closes).
                         raise ServiceClosedError(
                             f"{spec.name}: the service closed while the request was running"
                         ) from exc
-                    if not spec.idempotent:
-                        raise ReplicaDiedError(
-                            f"{spec.name}: replica {replica.idx} died while this request "
-                            f"was sent to it ({_why(inc, exc)}); it is idempotent=False, "
-                            "so it was not re-sent (it may or may not have run). Retry "
-                            "it yourself if that is safe."
-                        ) from exc
-                    if attempts >= self._max_attempts:
-                        raise ReplicaDiedError(
-                            f"{spec.name}: {attempts} replica{'s' * (attempts != 1)} died "
-                            f"while running this request (max_attempts="
-                            f"{self._max_attempts}; the last: {_why(inc, exc)}); raise "
-                            "max_attempts or look at why replicas die."
-                        ) from exc
-                    self._retries += 1
+                    if isinstance(exc, CallNotSent):
+                        # The backend knew the replica dead before sending: the request
+                        # ran nowhere, so placing it again is not a re-send.
+                        unsent += 1
+                    else:
+                        if not spec.idempotent:
+                            raise ReplicaDiedError(
+                                f"{spec.name}: replica {replica.idx} died while this "
+                                f"request was sent to it ({_why(inc, exc)}); it is "
+                                "idempotent=False, so it was not re-sent (it may or may "
+                                "not have run). Retry it yourself if that is safe."
+                            ) from exc
+                        sends = attempts - unsent
+                        if sends >= self._max_attempts:
+                            raise ReplicaDiedError(
+                                f"{spec.name}: {sends} replica{'s' * (sends != 1)} died "
+                                f"while running this request (max_attempts="
+                                f"{self._max_attempts}; the last: {_why(inc, exc)}); raise "
+                                "max_attempts or look at why replicas die."
+                            ) from exc
+                    # A caller cancelled meanwhile (its cancellation may have come in
+                    # the same step as the death) is not sent anywhere again.
+                    await anyio.lowlevel.checkpoint()
+                    if not isinstance(exc, CallNotSent):
+                        self._retries += 1
                     continue
                 except BaseException as exc:
                     handle = inc.handle
@@ -174,10 +187,13 @@ class Requests(Admission):
                 if also is not None:
                     also.record(now, now - t0, True)
                 return result
-        except Exception:
+        except BaseException as exc:
             # Failed before a replica answered (a forge_sc error, a router's bug, an
-            # ended inherited session): counted once, by the service.
-            if not counted:
+            # ended inherited session): counted once, by the service. A caller that
+            # went away (cancelled, or its coroutine closed) is not counted.
+            if not counted and not isinstance(
+                exc, (anyio.get_cancelled_exc_class(), CallerGone, GeneratorExit)
+            ):
                 now = clock()
                 self._rec.record(now, now - t0, False)
                 if also is not None:

@@ -22,7 +22,7 @@ import anyio.lowlevel
 
 from .._batching import Batcher
 from .._config import ServiceConfig
-from .._metrics import Recorder
+from .._metrics import Recorder, clock
 from .._replica import ChildSpec, Incarnation, Replica, ReplicaState, SparePool
 from .._routing import Router, SessionRouter
 from .._spec import EndpointSpec
@@ -110,12 +110,27 @@ class ServiceState:
     _scale_lock: anyio.Lock
     _scale_target: int
 
-    def _admit(self) -> None:
+    def _admit(self, counted: bool = True) -> None:
         """Count a request in flight (refused once the service closes or failed, or
-        from another thread). ``_request`` inlines the same on its hot path."""
+        from another thread). ``_request`` inlines the same on its hot path.
+        ``counted``: a refusal counts as a failed request (see ``_refuse``)."""
         if get_ident() != self._gate:
+            if counted:
+                self._refuse()
             self._check_open()
         self._inflight += 1
+
+    def _refuse(self) -> None:
+        """``_check_open`` for a request: a refusal by the closed or failed service is a
+        failed request in the metrics (one of the service's own errors); one from
+        another thread is not counted (the counters belong to the loop's thread)."""
+        try:
+            self._check_open()
+        except ServiceError:
+            if get_ident() == self._thread:
+                now = clock()
+                self._rec.record(now, 0.0, False)
+            raise
 
     def _leave(self) -> None:
         """A request counted by ``_admit`` ended; the last one out ends the drain."""

@@ -16,6 +16,7 @@ from .._home import public_home as _set_home
 from ._gpu import GpuPool as GpuPool
 from ._gpu import NotEnoughGpusError as NotEnoughGpusError
 from ._protocol import CallKilledReplica as CallKilledReplica
+from ._protocol import CallNotSent as CallNotSent
 from ._protocol import DirectCalls as DirectCalls
 from ._protocol import Mesh as Mesh
 from ._protocol import MeshReplica as MeshReplica
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallKilledReplica",
+    "CallNotSent",
     "DirectCalls",
     "GpuPool",
     "Mesh",

@@ -56,6 +56,7 @@ import attrs
 
 __all__ = [
     "CallKilledReplica",
+    "CallNotSent",
     "CallerGone",
     "DirectCalls",
     "Mesh",
@@ -89,6 +90,14 @@ class CallKilledReplica(ReplicaGone):
     re-send such a call: it raises
     :class:`~forge_sc.errors.RequestKilledReplicaError` to the caller, and the replica
     is restarted as after any death."""
+
+
+class CallNotSent(ReplicaGone):
+    """Raised by ``call`` instead of :class:`ReplicaGone` when the backend knew the
+    replica dead (or stopped) before it sent the call: the call ran nowhere. The core
+    places the request again without counting a send (``max_attempts``), also for an
+    ``idempotent=False`` endpoint. Raise it only with that certainty; when in doubt,
+    raise :class:`ReplicaGone`."""
 
 
 class ReplicaStartError(RuntimeError):

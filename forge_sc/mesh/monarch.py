@@ -100,7 +100,7 @@ from ._placement import (
     pool_of,
     stop_bounded,
 )
-from ._protocol import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
+from ._protocol import CallKilledReplica, CallNotSent, ReplicaGone, ReplicaStartError, SpawnSpec
 
 __all__ = ["MonarchMesh", "MonarchReplica", "ReplicaStartError", "child_import_path"]
 
@@ -520,8 +520,8 @@ class MonarchReplica:
     async def call(self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``endpoint`` on every rank; return the first rank's result, or the list
         of all ranks' results when ``return_first_rank_result`` is false."""
-        if self._group.closed:
-            raise self._gone()
+        if self._group.closed:  # dead or stopped already: nothing is sent
+            raise self._gone(unsent=True)
         for i, arg in enumerate(args):
             if type(arg) is _TextFile:
                 raise _file_argument(endpoint, f"argument {i}", arg)
@@ -761,13 +761,15 @@ class MonarchReplica:
 
     # ------------------------------------------------------------ death
 
-    def _gone(self, cause: BaseException | None = None) -> ReplicaGone:
+    def _gone(self, cause: BaseException | None = None, *, unsent: bool = False) -> ReplicaGone:
+        """The death as the core gets it; ``unsent``: known before sending a call."""
+        kind = CallNotSent if unsent else ReplicaGone
         if self._death is not None:
-            return ReplicaGone(str(self._death))
+            return kind(str(self._death))
         if self._stopping:
-            return ReplicaGone(f"{self._label} was stopped")
+            return kind(f"{self._label} was stopped")
         detail = _summary(str(cause)) if cause is not None else "unreachable"
-        return ReplicaGone(f"{self._label} is gone: {detail}")
+        return kind(f"{self._label} is gone: {detail}")
 
     def _on_failure(self, report: str) -> None:
         # Monarch thread: hand over to the event loop thread, nothing else.

@@ -53,7 +53,7 @@ import trio
 from .._config import check_replica_index
 from .._shims._trio import attempt_abort, current_trio_task, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
-from ..mesh import CallKilledReplica, ReplicaGone, ReplicaStartError, SpawnSpec
+from ..mesh import CallKilledReplica, CallNotSent, ReplicaGone, ReplicaStartError, SpawnSpec
 from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds
 from ..mesh._protocol import CallerGone
 
@@ -449,6 +449,8 @@ class FakeReplica:
         self, endpoint: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if self._life is not _Life.ALIVE:
+            if self._life is not _Life.HUNG:  # (a hung process takes calls, never answers)
+                raise CallNotSent(f"replica {self._idx} {self._life.name.lower()}")
             return await self._after_interrupt()
         delay = self._mesh._slow.get(self._idx, 0.0)
         if delay:

@@ -119,8 +119,8 @@ async def test_entering_a_scope_twice_is_refused() -> None:
 
 async def test_a_replica_dying_during_the_graceful_close_is_not_restarted() -> None:
     """Item 13: a replica that dies while the service drains is stopped, not respawned
-    first (its request gets ServiceClosedError; the other replica's request, which
-    keeps the drain going, completes)."""
+    first. Its in-flight request is still in-flight work of the drain (DESIGN §3): it
+    is re-sent to the replica that is still healthy and completes there."""
     mesh = FakeMesh()
     outcome: list[Any] = []
 
@@ -132,7 +132,7 @@ async def test_a_replica_dying_during_the_graceful_close_is_not_restarted() -> N
 
     async with anyio.create_task_group() as tg:
         async with checked_service(mesh=mesh, num_replicas=2) as svc:
-            tg.start_soon(caller, svc, 5.0)
+            tg.start_soon(caller, svc, 0.5)
             await wait_for(lambda: svc.statistics().active_requests == 1)
             doomed = next(r.idx for r in svc.replicas if r.active_requests)
             tg.start_soon(caller, svc, 0.3)
@@ -143,10 +143,39 @@ async def test_a_replica_dying_during_the_graceful_close_is_not_restarted() -> N
                 mesh.crash(doomed)
 
             tg.start_soon(crash_during_close)
-    assert len(outcome) == 2 and 0.3 in outcome
-    assert sum(isinstance(o, ServiceClosedError) for o in outcome) == 1
+    assert sorted(outcome) == [0.3, 0.5]
+    assert svc.statistics().retries == 1
     assert mesh.spawn_count(doomed) == 1, "the dead replica was respawned during the close"
     assert all(r.state is ReplicaState.STOPPED for r in svc.replicas)
+
+
+async def test_the_last_replica_dying_during_the_graceful_close_ends_its_requests() -> None:
+    """With no healthy replica left to finish it on (none is restarted while the
+    service closes), a request whose replica died during the drain gets
+    ServiceClosedError at once, not at the end of graceful_shutdown_timeout."""
+    mesh = FakeMesh()
+    outcome: list[Any] = []
+
+    async def caller(svc: Any) -> None:
+        try:
+            outcome.append(await svc.nap.route(30.0))
+        except ServiceClosedError as exc:
+            outcome.append(exc)
+
+    t0 = anyio.current_time()
+    async with anyio.create_task_group() as tg:
+        async with checked_service(mesh=mesh, graceful_shutdown_timeout=30.0) as svc:
+            tg.start_soon(caller, svc)
+            await wait_for(lambda: svc.statistics().active_requests == 1)
+
+            async def crash_during_close() -> None:
+                await wait_for(lambda: svc._closing, 2.0)
+                mesh.crash(0)
+
+            tg.start_soon(crash_during_close)
+    assert len(outcome) == 1 and isinstance(outcome[0], ServiceClosedError)
+    assert anyio.current_time() - t0 < 10.0
+    assert mesh.spawn_count(0) == 1
 
 
 async def test_a_replica_hanging_at_close_is_stopped_within_the_grace() -> None:
