@@ -40,6 +40,7 @@ from ._open import open_service
 from ._options import ActorOptions
 from ._routing import Router
 from ._service._context import BlockSession, EnterOnce
+from ._service._handle import ServiceEndpoint
 from ._shims._monarch import SupervisionError
 from ._spec import collect_endpoints
 from .errors import ServiceClosedError
@@ -49,7 +50,6 @@ from .mesh.monarch import MonarchMesh, MonarchReplica
 
 if TYPE_CHECKING:
     from ._service import Service
-    from ._service._handle import ServiceEndpoint
 
 __all__ = [
     "ActorEndpoint",
@@ -355,12 +355,15 @@ async def _await_future(cf: ConcurrentFuture[T]) -> T:
     return value
 
 
-class HostedEndpoint:
-    """``svc.<endpoint>`` of a hosted service: ``route`` and ``fanout``."""
+class HostedEndpoint(ServiceEndpoint):
+    """``svc.<endpoint>`` of a hosted service: ``route`` and ``fanout``, forwarded
+    to the service's host thread. A :class:`ServiceEndpoint`, as TorchForge's
+    ``as_service()`` endpoints are; its state is the forwarded endpoint's."""
 
     __slots__ = ("_ep", "_owner")
 
     def __init__(self, owner: HostedService, ep: ServiceEndpoint) -> None:
+        # (Not ServiceEndpoint.__init__: nothing of its own runs here, it forwards.)
         self._owner = owner
         self._ep = ep
 
@@ -375,6 +378,10 @@ class HostedEndpoint:
     def router(self) -> Router:
         """The endpoint's router (it runs in the service's host thread)."""
         return self._ep.router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        self._ep.router = router
 
     async def route(self, *args: Any, sess_id: str | None = None, **kwargs: Any) -> Any:
         """As :meth:`ServiceEndpoint.route`, run in the service's host thread."""
@@ -446,8 +453,9 @@ class HostedService:
         (``metrics.get_avg_capacity_utilization(service._replicas)``)."""
         return self.replicas
 
-    async def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
-        result: list[Any] = await self._run(partial(self._svc.call_all, name, *args, **kwargs))
+    async def call_all(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """``fanout`` by endpoint name (see :meth:`Service.call_all`)."""
+        result: list[Any] = await self._run(partial(self._svc.call_all, *args, **kwargs))
         return result
 
     async def start_session(self) -> str:

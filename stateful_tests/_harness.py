@@ -31,7 +31,8 @@ counters, restarts equal to spawn attempts after the first, no more deaths than
 injected kills, retries and session migrations at least what the ledger shows, active
 sessions and scaling events as issued, every replica's ``assigned_sessions`` equal to
 the open sessions whose last execution ran there, give or take the sessions with a
-request in flight). At quiescence (``drain``) the bounds close: no active or queued
+request in flight and those whose incarnation was killed, which leave it once the
+service learns of the death). At quiescence (``drain``) the bounds close: no active or queued
 requests left, counts exact but for cancelled callers.
 
 The rule ``queue_in_order`` (``a_queue_in_order``) fills every slot of A, queues
@@ -1036,6 +1037,9 @@ class Harness:
                 last[sid] = token
         busy = {c.sid for c in self.inflight if c.sid is not None and c.svc == name}
         expected: dict[int, int] = {}
+        # Sessions whose incarnation was killed: they leave it once the service
+        # learns of the death (DESIGN §3), which may not have happened yet.
+        leaving: dict[int, int] = {}
         unsure = 0
         for sid, sess in self.sessions.items():
             if sess.svc != name or not sess.open:
@@ -1044,10 +1048,11 @@ class Harness:
                 unsure += 1
             elif sid in last:
                 idx = led.idx_of[last[sid]]
-                expected[idx] = expected.get(idx, 0) + 1
+                into = leaving if self.gone(name, last[sid]) else expected
+                into[idx] = into.get(idx, 0) + 1
         for r in svc.replicas:
             want = expected.get(r.idx, 0)
-            if not want <= r.assigned_sessions <= want + unsure:
+            if not want <= r.assigned_sessions <= want + leaving.get(r.idx, 0) + unsure:
                 self.violate(
                     f"{name}: replica {r.idx} has assigned_sessions {r.assigned_sessions}, "
                     f"but {want} open session(s) last ran there (+{unsure} with requests "

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+import sniffio
 
 from forge_sc import ForgeActor, endpoint, open_service, service_endpoint
 from forge_sc.errors import ReplicaDiedError, RequestKilledReplicaError, ServiceFailedError
@@ -250,6 +251,76 @@ async def test_a_crash_interrupts_only_the_dead_replicas_call_of_a_nested_servic
         assert (stats.restarts, stats.failed_requests) == (0, 0)  # withdrawn, not failed
         assert inner_mesh.spawn_count(0) == 1
         assert inner.replicas[0].healthy
+
+
+class Napper(ForgeActor):
+    @endpoint
+    async def nap(self, seconds: float) -> str:
+        await anyio.sleep(seconds)
+        return "inner"
+
+
+class Relay(ForgeActor):
+    inner: Any = None  # the inner service, set by the test
+
+    @endpoint
+    async def relay(self) -> tuple[str, str]:
+        return ("outer", await Relay.inner.nap.route(0.3))
+
+    mesh: Any = None  # its FakeMesh, set by the test
+
+    @endpoint
+    async def crash_then_raise(self) -> None:
+        mesh = Relay.mesh
+        mesh.crash(next(i for i in range(2) if mesh.actor(i) is self))
+        raise ValueError("from a replica that had died")
+
+
+async def test_both_replicas_of_a_nested_call_dying_at_once_leave_the_task_clean() -> None:
+    """The caller's task is in a call on both services' replicas; both die in the
+    same step. The request is re-sent on each level and answered, and the task is
+    left as it was: a later timeout in it still works (on asyncio, no cancellation
+    count is left behind)."""
+    inner_mesh, outer_mesh = FakeMesh(seed=1), FakeMesh(seed=2)
+    async with (
+        open_service(Napper, num_replicas=2, mesh=inner_mesh, **FAST) as inner,
+        open_service(Relay, num_replicas=2, mesh=outer_mesh, **FAST) as outer,
+    ):
+        Relay.inner = inner
+        out: list[Any] = []
+
+        async def call() -> None:
+            out.append(await outer.relay.route())
+            if sniffio.current_async_library() == "asyncio":
+                task = asyncio.current_task()
+                assert task is not None
+                out.append(task.cancelling())
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.05):
+                    await anyio.sleep(5)
+            await anyio.sleep(0.01)  # no stray cancellation left either
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await wait_for(lambda: inner.statistics().active_requests == 1)
+                busy_outer = next(r.idx for r in outer.replicas if r.active_requests)
+                busy_inner = next(r.idx for r in inner.replicas if r.active_requests)
+                outer_mesh.crash(busy_outer)
+                inner_mesh.crash(busy_inner)
+        assert out[0] == ("outer", "inner")
+        assert out[1:] in ([], [0])  # (the count, on asyncio)
+        assert outer.statistics().retries == 1
+
+
+async def test_an_error_raised_after_the_replica_died_is_no_answer() -> None:
+    """A dead process answers nothing: what its endpoint raised after the crash does
+    not reach the caller; the request is re-sent as after any death."""
+    mesh = FakeMesh(seed=1)
+    Relay.mesh = mesh
+    async with open_service(Relay, num_replicas=2, mesh=mesh, max_attempts=1, **FAST) as svc:
+        with anyio.fail_after(10), pytest.raises(ReplicaDiedError):
+            await svc.crash_then_raise.route()
 
 
 @pytest.mark.parametrize("procs", [1, 2], ids=["direct-call", "through-call"])

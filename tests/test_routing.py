@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -178,3 +179,55 @@ async def test_router_only_sees_replicas_with_free_capacity() -> None:
             await wait_for(lambda: svc.replicas[0].active_requests == 1)
             assert [await svc.rr.route() for _ in range(3)] == [ids[1]] * 3
             tg.cancel_scope.cancel()
+
+
+class _NeedsArgument(Router):
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def get_replica(
+        self, healthy_replicas: Any, sess_id: Any = None, session_map: Any = None
+    ) -> Any:
+        return healthy_replicas[0]
+
+
+class _TakesNothing(Router):
+    def get_replica(self) -> Any:  # type: ignore[override]
+        return None
+
+
+def _decorate(router: Any) -> None:
+    class _A(ForgeActor):
+        @service_endpoint(router=router)
+        async def ep(self) -> int:
+            return 1
+
+
+def test_a_router_class_that_needs_arguments_fails_at_the_decorator() -> None:
+    with pytest.raises(
+        TypeError, match=r"router=_NeedsArgument cannot be made without arguments.*lambda"
+    ):
+        _decorate(_NeedsArgument)
+    _decorate(_NeedsArgument(3))  # an instance is a prototype: fine
+    _decorate(lambda: _NeedsArgument(3))
+
+
+@pytest.mark.parametrize("form", ["class", "instance"])
+def test_a_get_replica_that_cannot_take_the_replicas_fails_at_the_decorator(form: str) -> None:
+    with pytest.raises(TypeError, match="does not match the router protocol"):
+        _decorate(_TakesNothing if form == "class" else _TakesNothing())
+
+
+async def test_a_router_factory_that_raises_names_the_endpoint() -> None:
+    def broken() -> Router:
+        raise ValueError("factory broke")
+
+    class _B(ForgeActor):
+        @service_endpoint(router=broken)
+        async def ep(self) -> int:
+            return 1
+
+    with pytest.raises(ValueError, match="factory broke") as info:
+        async with open_service(_B, mesh=FakeMesh()):
+            pass
+    assert any("router=" in note and "ep" in note for note in info.value.__notes__)

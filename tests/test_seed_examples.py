@@ -128,7 +128,9 @@ async def test_002_actor_vs_service_actor_class_attributes() -> None:
     hosted = await Three.as_service(mesh=FakeMesh())
     try:
         assert len(hosted.replicas) == 3 and hosted.config.procs == 2
-        # Its endpoints carry the endpoint's router, as a ServiceEndpoint does.
+        # Seed 002: "Service Endpoints (.as_service()) ... exposed as ServiceEndpoint
+        # objects"; they carry the endpoint's router, as a ServiceEndpoint does.
+        assert isinstance(hosted.ident, forge_sc.service.ServiceEndpoint)
         assert isinstance(hosted.ident.router, forge_sc.RoundRobinRouter)
     finally:
         await hosted.shutdown()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from forge_sc import open_service
+from forge_sc import ReplicaState, open_service
 from forge_sc.testing import FakeMesh
 
 from .actors import Counter
@@ -87,7 +87,10 @@ async def test_session_moves_when_its_replica_was_restarted() -> None:
         assert await svc.value.route(sess_id=sid) == 3
         await svc.restart_replica(home)
         assert svc.replicas[home].healthy and svc.replicas[home].restarts == 1
-        assert svc.statistics().session_migrations == 0  # nothing moved yet
+        # It left the dead incarnation at once (DESIGN §3: when it dies the session
+        # moves), and is placed again by its next call.
+        assert svc.statistics().session_migrations == 1
+        assert sum(counts(svc)) == 0
         assert await svc.value.route(sess_id=sid) == 0  # a fresh incarnation's state
         assert svc.statistics().session_migrations == 1
         # It moved to the new incarnation of the same index (the session router
@@ -113,3 +116,21 @@ async def test_session_moves_when_its_replica_died_and_recovered() -> None:
         assert svc.statistics().session_migrations == 1
         assert await home_of(svc, mesh, sid) == home
         assert sum(counts(svc)) == 1
+
+
+async def test_a_session_leaves_a_replica_that_failed_for_good_at_once() -> None:
+    """DESIGN §3: when its replica dies the session moves and session_migrations goes
+    up, also before the session calls again; a replica out of restart budget does not
+    go on counting the session."""
+    mesh = FakeMesh()
+    async with open_service(Counter, num_replicas=2, mesh=mesh, max_restarts=0, **FAST) as svc:
+        sid = await svc.start_session()
+        await svc.incr.route(sess_id=sid)
+        home = await home_of(svc, mesh, sid)
+        mesh.crash(home)
+        await wait_for(lambda: svc.replicas[home].state is ReplicaState.FAILED)
+        assert svc.statistics().session_migrations == 1
+        assert counts(svc) == [0, 0]
+        assert await svc.value.route(sess_id=sid) == 0  # placed on the survivor
+        assert counts(svc)[1 - home] == 1
+        assert svc.statistics().session_migrations == 1  # counted once

@@ -376,3 +376,27 @@ async def test_except_runtime_error_catches_a_closed_service() -> None:
         assert isinstance(exc, ServiceClosedError)
     else:
         pytest.fail("no error")
+
+
+async def test_call_all_takes_the_endpoint_name_as_torchforge_spells_it() -> None:
+    """TorchForge's signature is call_all(function, *args, **kwargs): the keyword form
+    works too (and DESIGN's ``name``), and the endpoint's own keywords pass through."""
+    async with open_service(_Echo, num_replicas=2, mesh=FakeMesh()) as svc:
+        assert await svc.call_all("echo", 1) == [1, 1]
+        assert await svc.call_all(function="echo", x=2) == [2, 2]
+        assert await svc.call_all(name="echo", x=3) == [3, 3]
+        with pytest.raises(TypeError, match="endpoint's name first"):
+            await svc.call_all()
+
+
+async def test_service_endpoint_verbs_of_monarch_are_refused_clearly() -> None:
+    async with open_service(_Echo, mesh=FakeMesh()) as svc:
+        for verb in ("call", "call_one", "choose", "broadcast", "generate", "stream", "rref"):
+            with pytest.raises(NotImplementedError, match=f"use {verb}\\(\\) on a service"):
+                getattr(svc.echo, verb)(1)
+
+
+class _Echo(ForgeActor):
+    @endpoint
+    async def echo(self, x: int) -> int:
+        return x

@@ -52,6 +52,9 @@ class ReplicaEvents(Protocol):
     def _slot_freed(self, replica: Replica) -> None:
         """A request slot of ``replica`` became free."""
 
+    def _replica_finished(self, replica: Replica) -> None:
+        """``replica``'s supervisor ended (it is STOPPED, or FAILED for good)."""
+
 
 #: ``MeshReplica.call``: run an endpoint, return its result.
 CallFn = Callable[[str, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]

@@ -80,6 +80,7 @@ async def supervise(child: ChildSpec, replica: Replica) -> None:
             raise failure
     finally:
         replica._finished()
+        child.events._replica_finished(replica)
 
 
 def _take_spare(child: ChildSpec) -> Spare | None:

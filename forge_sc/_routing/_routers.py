@@ -9,6 +9,7 @@ what they are given: the service, not the router, records session assignments.
 from __future__ import annotations
 
 import copy
+import inspect
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -160,8 +161,20 @@ def make_router_factory(router: Any, *, where: str) -> RouterFactory:
                 f"{where}: router={router.__name__} is not a subclass of forge_sc.Router; "
                 "pass a Router instance, a Router class or a zero-argument factory"
             )
+        try:
+            inspect.signature(router).bind()
+        except TypeError as exc:
+            raise TypeError(
+                f"{where}: router={router.__name__} cannot be made without arguments "
+                f"({exc}); pass an instance (router={router.__name__}(...)) or a "
+                f"zero-argument factory (router=lambda: {router.__name__}(...))"
+            ) from None
+        except ValueError:  # no signature to read (a builtin): found out when made
+            pass
+        _check_get_replica(router.get_replica, where, bound=False)
         return router
     if isinstance(router, Router):
+        _check_get_replica(router.get_replica, where, bound=True)
         return _prototype_factory(router, where)
     if callable(router):
         return _checked_factory(router, where)
@@ -190,11 +203,33 @@ def _prototype_factory(router: Router, where: str) -> RouterFactory:
 
 def _checked_factory(factory: Callable[[], Any], where: str) -> RouterFactory:
     def make() -> Router:
-        made = factory()
+        try:
+            made = factory()
+        except Exception as exc:
+            exc.add_note(f"(raised by {where}'s router={factory!r}, making the endpoint's router)")
+            raise
         if not isinstance(made, Router):
             raise TypeError(
                 f"{where}: the router factory returned {made!r}, which is not a forge_sc.Router"
             )
+        _check_get_replica(made.get_replica, where, bound=True)
         return made
 
     return make
+
+
+def _check_get_replica(fn: Callable[..., Any], where: str, *, bound: bool) -> None:
+    """An endpoint's router's ``get_replica`` must take what the service passes it:
+    the healthy replicas (sessions go through the service's session router)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read: found out when called
+        return
+    first: tuple[Any, ...] = () if bound else (None,)
+    try:
+        sig.bind(*first, ())
+    except TypeError:
+        raise TypeError(
+            f"{where}: the router's get_replica{sig} does not match the router protocol, "
+            "get_replica(self, healthy_replicas, sess_id=None, session_map=None)"
+        ) from None

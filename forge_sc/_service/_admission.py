@@ -198,7 +198,9 @@ class Admission(ServiceState):
 
     def _assign(self, sess_id: str, replica: Replica) -> None:
         sess_id = str(sess_id)  # a BlockSession is not kept: only the id
-        old = self._session_idx.get(sess_id)
+        # Still placed (on a replica that stopped taking it, e.g. one scale_to()
+        # removed): it moves now. One whose replica died left it then (counted then).
+        old = self._session_idx.get(sess_id) if self._sessions.get(sess_id) is not None else None
         if old is not None:
             self._migrations += 1
             prev = self._by_idx.get(old)

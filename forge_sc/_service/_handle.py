@@ -188,6 +188,12 @@ class ServiceEndpoint:
     def generate(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._unsupported("generate")
 
+    def stream(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unsupported("stream")
+
+    def rref(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._unsupported("rref")
+
 
 async def _batch_of_one(
     svc: Dispatcher,

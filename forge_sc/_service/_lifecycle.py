@@ -95,6 +95,7 @@ class Lifecycle(Admission):
         # every replica's queue: O(replicas) per event made a large start quadratic.)
         self._waiters.wake_all()
         replica._waiters.wake_all()
+        self._watchers.wake_all()
         if self._starting:
             self._start_pending.discard(replica.idx)
             if not self._start_pending and all(r._state is HEALTHY for r in self._replicas):
@@ -104,7 +105,26 @@ class Lifecycle(Admission):
 
     def _replica_died(self, replica: Replica) -> None:
         self._dirty = True
+        if replica._sessions:
+            self._unplace_sessions(replica)
         replica._waiters.wake_all()  # session requests queued there move elsewhere
+
+    def _unplace_sessions(self, replica: Replica) -> None:
+        """The sessions of ``replica``'s dead incarnation leave it now (DESIGN §3: when
+        it dies the session moves, and ``session_migrations`` goes up): each is placed
+        again by its next request (not all at once on the survivors), where the session
+        router puts it: the same index if that replica is healthy again by then (its
+        last index stays in the routers' ``session_map``)."""
+        sessions = self._sessions
+        for sess_id, inc in sessions.items():
+            if inc is not None and inc.replica is replica and inc.reason is not None:
+                sessions[sess_id] = None  # (a value replaced: the dict keeps its size)
+                replica._drop_session()
+                self._migrations += 1
+
+    def _replica_finished(self, replica: Replica) -> None:
+        self._dirty = True
+        self._watchers.wake_all()  # restart_replica() or scale_to() waiting for it
 
     def _replica_exhausted(self, replica: Replica) -> None:
         self._dirty = True
@@ -161,13 +181,11 @@ class Lifecycle(Admission):
             or replica._done.is_set()
         ):
             waiter = Waiter()
-            self._waiters.push(waiter)
+            self._watchers.push(waiter)
             try:
                 await waiter.event.wait()
             finally:
-                self._waiters.discard(waiter)
-                if waiter.woken:
-                    self._waiters.wake_one()
+                self._watchers.discard(waiter)
         if replica._exhausted:
             raise NoHealthyReplicasError(
                 f"replica {replica.idx} could not be (re)started: {replica._last_error!r}"

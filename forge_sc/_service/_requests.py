@@ -100,6 +100,10 @@ class Requests(Admission):
                             result = await (fn(*args, **kwargs) if kwargs else fn(*args))
                         except Exception:
                             calls.discard(task)
+                            if not inc.direct_calls.alive:  # type: ignore[union-attr]
+                                # Died while the call ran: no answer (as a dead
+                                # process gives none), not the endpoint's error.
+                                await inc.direct_calls.direct_failed(spec.name, None)  # type: ignore[union-attr]
                             raise
                         except BaseException as exc:
                             calls.discard(task)

@@ -113,6 +113,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._available = ()
         self._dirty = True
         self._waiters = WaitQueue()
+        self._watchers = WaitQueue()
         self._queued = 0
         self._inflight = 0
         self._closing = False
@@ -184,8 +185,11 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         """Read-only views of the replicas, in index order."""
         return list(self._replicas)
 
-    async def call_all(self, name: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """``fanout`` by endpoint name (TorchForge's ``call_all``)."""
+    async def call_all(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """``fanout`` by endpoint name: TorchForge's ``call_all(function, *args,
+        **kwargs)``. The endpoint's name is the first positional argument, or, with
+        none, the keyword ``function=`` (TorchForge's name for it) or ``name=``."""
+        name, args, kwargs = _endpoint_name(args, kwargs)
         if not isinstance(name, str):
             raise TypeError(f"call_all() takes the endpoint's name (a str), got {name!r}")
         ep = self._endpoints.get(name)
@@ -252,6 +256,11 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         inc = replica._inc
         if inc is None or replica._done.is_set():
             raise ValueError(f"replica {idx} is not running; it cannot be restarted")
+        if replica._draining:
+            raise ValueError(
+                f"replica {idx} is being removed by scale_to() (its in-flight requests "
+                "finish first); it cannot be restarted"
+            )
         inc.die(RuntimeError(f"replica {idx} restarted by restart_replica()"))
         await self._wait_healthy_after(replica, inc)
 
@@ -345,3 +354,18 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
     def get_metrics_summary(self) -> dict[str, Any]:
         """TorchForge's summary dict: ``{"service": {...}, "replicas": {idx: {...}}}``."""
         return self.statistics().summary()
+
+
+def _endpoint_name(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """``call_all``'s endpoint name and the endpoint's own arguments."""
+    if args:
+        return args[0], args[1:], kwargs
+    for key in ("function", "name"):
+        if key in kwargs:
+            rest = dict(kwargs)
+            return rest.pop(key), (), rest
+    raise TypeError(
+        "call_all() takes the endpoint's name first: call_all('endpoint', *args, **kwargs)"
+    )

@@ -70,6 +70,9 @@ class ServiceState:
     _dirty: bool
     # Requests waiting for any replica, and how many wait in all (service + replicas).
     _waiters: WaitQueue
+    #: restart_replica() and scale_to() waiting for a replica's next state (kept out
+    #: of the request queue: a request must not wait behind them).
+    _watchers: WaitQueue
     _queued: int
     # Requests admitted and not ended (``_admit``/``_leave``).
     _inflight: int
@@ -173,6 +176,7 @@ class ServiceState:
 
     def _wake_everyone(self) -> None:
         self._waiters.wake_all()
+        self._watchers.wake_all()
         for r in self._replicas:
             r._waiters.wake_all()
 

@@ -319,6 +319,9 @@ class FakeReplica:
         try:
             value = await result
         except Exception:
+            if not self.alive:  # died while this call ran: no answer, not this error
+                tasks.discard(task)
+                await self.direct_failed(endpoint, None)
             raise
         except BaseException as exc:
             # Unregistered before any wait: a hung replica's stop must not interrupt
@@ -344,6 +347,9 @@ class FakeReplica:
             if type(value) is CoroutineType:  # a plain def endpoint returns its value
                 value = await value
         except Exception:
+            if not self.alive:  # died while this call ran: no answer, not this error
+                tasks.discard(task)
+                await self.direct_failed(endpoint, None)
             raise
         except BaseException as exc:
             tasks.discard(task)
@@ -360,6 +366,14 @@ class FakeReplica:
         caller gets. The one translation of both paths: a direct call's (through the
         service's request path) and ``call``'s own (``_call_asyncio``, ``_call_trio``)."""
         if exc is None:
+            if self._asyncio:
+                task = self.current_task()
+                if task in self._interrupted:
+                    # This replica cancelled the task, but a call nested inside took
+                    # that cancellation as its own replica's (both died at once):
+                    # undo this replica's count, or the task stays "cancelling".
+                    self._interrupted.discard(task)
+                    task.uncancel()
             await self._after_interrupt()
         elif self._asyncio:
             if isinstance(exc, asyncio.CancelledError):
@@ -466,6 +480,8 @@ class FakeReplica:
         try:
             values = [await self._run(fn, rank, args, kwargs) for rank in self._ranks]
         except Exception:
+            if self._life is not _Life.ALIVE:  # died meanwhile: no answer, not this error
+                return await self._after_interrupt()
             raise
         except BaseException as exc:
             if self._own_cancel(exc, endpoint):

@@ -76,10 +76,9 @@ STATEFUL_BUGS = [
         [
             (
                 LIFECYCLE,
-                "        self._dirty = True\n"
                 "        replica._waiters.wake_all()"
                 "  # session requests queued there move elsewhere\n",
-                "        self._dirty = True\n",
+                "",
             )
         ],
     ),
@@ -104,8 +103,8 @@ STATEFUL_BUGS = [
         [
             (
                 HANDLE,
-                "                sess_id = current.get(svc)\n",
-                "                sess_id = next(iter(current.values()), None)\n",
+                "                    sess_id = current.get(self._svc)\n",
+                "                    sess_id = next(iter(current.values()), None)\n",
             )
         ],
     ),
@@ -152,7 +151,10 @@ STATEFUL_BUGS = [
     Bug(
         "g",
         "session migrations are not counted in the metrics",
-        [(ADMISSION, "            self._migrations += 1\n", "")],
+        [
+            (ADMISSION, "            self._migrations += 1\n", ""),
+            (LIFECYCLE, "                self._migrations += 1\n", ""),
+        ],
     ),
     Bug(
         "h",
@@ -230,7 +232,12 @@ ISSUE_15_BUGS = [
                 ADMISSION,
                 "                if replica._inc is inc and replica._state is HEALTHY:\n",
                 "                if replica._state is HEALTHY:\n",
-            )
+            ),
+            (
+                LIFECYCLE,
+                "        if replica._sessions:\n            self._unplace_sessions(replica)\n",
+                "",
+            ),
         ],
         ("tests/test_session_accounting.py", STATEFUL),
     ),

@@ -89,3 +89,47 @@ async def test_scale_to_after_close_and_bad_targets() -> None:
                 await svc.scale_to(bad)
     with pytest.raises(ServiceClosedError):
         await svc.scale_to(2)
+
+
+@pytest.mark.parametrize("what", ["restart_replica", "scale_up"])
+async def test_requests_do_not_wait_behind_a_replica_being_started(what: str) -> None:
+    """restart_replica() and scale_to() wait for their replica to be healthy; a
+    request meanwhile runs at once on the idle healthy replica (it is not queued
+    behind them, nor refused by a zero-length queue or a short request_timeout)."""
+    mesh = FakeMesh(seed=1)
+    n = 2 if what == "restart_replica" else 1
+    async with checked_service(
+        mesh=mesh, num_replicas=n, max_queued_requests=0, request_timeout=0.5
+    ) as svc:
+        mesh.spawn_delay = 30.0
+        async with anyio.create_task_group() as tg:
+            if what == "restart_replica":
+                tg.start_soon(svc.restart_replica, 0)
+            else:
+                tg.start_soon(svc.scale_to, 2)
+            await wait_for(lambda: len(svc.replicas) == 2)
+            await wait_for(lambda: svc.statistics().healthy_replicas == 1)
+            with anyio.fail_after(5):
+                for _ in range(3):
+                    assert await svc.value.route() == 1
+            assert svc.statistics().failed_requests == 0
+            tg.cancel_scope.cancel()
+
+
+async def test_restarting_a_replica_that_scale_to_removes_is_refused() -> None:
+    """Its in-flight requests finish first (scale_to's promise): restart_replica()
+    must not interrupt them, nor return as if it had restarted a replica that is
+    going away."""
+    mesh = FakeMesh(seed=1)
+    async with checked_service(mesh=mesh, num_replicas=2, graceful_shutdown_timeout=5.0) as svc:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(svc.nap.route, 0.3)
+            tg.start_soon(svc.nap.route, 0.3)
+            await wait_for(lambda: all(r.active_requests for r in svc.replicas))
+            tg.start_soon(svc.scale_to, 1)
+            await wait_for(lambda: svc._replicas[1]._draining)  # scale_to() began
+            with pytest.raises(ValueError, match="being removed by scale_to"):
+                await svc.restart_replica(1)
+        assert len(svc.replicas) == 1
+        assert svc.statistics().retries == 0
+        assert svc.statistics().successful_requests == 2
