@@ -18,8 +18,9 @@ import math
 import time
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 
-__all__ = ["INLINE_RECORDS", "WINDOW", "Recorder", "clock", "percentile", "rate"]
+__all__ = ["INLINE_RECORDS", "WINDOW", "Recorder", "clock", "loop_clock", "percentile", "rate"]
 
 WINDOW = 60.0
 _RATE_SLOTS = 60  # 1 s each
@@ -35,6 +36,28 @@ _MIN_LATENCY = 1e-7
 INLINE_RECORDS = _FLUSH_AT - 1
 
 clock = time.perf_counter
+
+
+def loop_clock() -> Callable[[], float]:
+    """The clock a service's metrics use, chosen in its event loop: ``clock`` (the
+    cheapest), unless the loop runs on a clock of its own (trio's ``MockClock``, an
+    asyncio loop whose ``time()`` is overridden): then that one, so that latencies,
+    rates and windows follow virtual time as the service's timeouts do."""
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        own = trio.lowlevel.current_clock()
+        if type(own).__name__ != "SystemClock" or type(own).__module__ != "trio._core._run":
+            return own.current_time
+        return clock
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if type(loop).time is not asyncio.BaseEventLoop.time:
+        return loop.time
+    return clock
 
 
 class Recorder:

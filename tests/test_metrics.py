@@ -238,3 +238,29 @@ def test_the_fold_counts_latencies_on_bucket_edges_once() -> None:
     hist: dict[int, int] = {}
     assert r.window_histogram(20.75, hist)[0] == len(edges)
     assert sum(hist.values()) == len(edges)
+
+
+def test_the_metrics_clock_is_the_loops_own_when_that_is_virtual() -> None:
+    """perf_counter on a plain loop; the loop's time() where a loop overrides it (a
+    virtual-time asyncio loop, trio's MockClock: see test_virtual_time.py)."""
+    import asyncio
+
+    from forge_sc._metrics import clock, loop_clock
+
+    class Frozen(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return 1234.5
+
+    async def which() -> float:
+        return loop_clock()()
+
+    assert anyio.run(which, backend="asyncio") != 1234.5
+    assert anyio.run(lambda: _clock_is(clock), backend="asyncio")
+    assert anyio.run(lambda: _clock_is(clock), backend="trio")
+    assert anyio.run(which, backend="asyncio", backend_options={"loop_factory": Frozen}) == 1234.5
+
+
+async def _clock_is(expected: object) -> bool:
+    from forge_sc._metrics import loop_clock
+
+    return loop_clock() is expected

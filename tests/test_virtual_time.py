@@ -76,3 +76,20 @@ async def test_hang_detected_by_health_timeout_in_virtual_time() -> None:
         assert await svc.nap.route(1.0) == 1.0  # hangs, is detected, retried
         assert 30.0 <= anyio.current_time() - t0 <= 40.0
         assert svc.replicas[0].restarts == 1
+
+
+async def test_metrics_follow_virtual_time() -> None:
+    """Latencies, rates and the 60 s window are measured on the loop's clock when it
+    is virtual, as the service's own timeouts are."""
+    async with open_service(Counter, num_replicas=1, mesh=FakeMesh()) as svc:
+        for _ in range(4):
+            assert await svc.nap.route(0.5) == 0.5
+        await svc.predict.route(1)  # batched: its callers' latency too
+        stats = svc.statistics()
+        assert 0.45 <= stats.replicas[0].p50_latency <= 0.55  # (5%-wide buckets)
+        assert stats.uptime >= 2.0
+        assert stats.request_rate > 0
+        await anyio.sleep(61)  # the window moves on, in no real time
+        stats = svc.statistics()
+        assert stats.request_rate == 0.0 and stats.avg_latency == 0.0
+        assert stats.total_requests == 5

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from .._metrics import Recorder, clock
+from .._metrics import Recorder
 from .._routing import Router
 from .._spec import EndpointSpec
 from .._stats import BatcherStatistics
@@ -34,6 +34,10 @@ class BatchHost(Protocol):
 
     def _leave(self) -> None:
         """The request counted by ``_admit`` has ended."""
+
+    def _clock(self) -> float:
+        """The service's metrics clock."""
+        ...
 
     def _closed_error(self, message: str) -> ServiceError:
         """What a request that the closing (or failed) service cancelled gets."""
@@ -69,11 +73,13 @@ class _Item:
         "t_clock",
     )
 
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float, done: Wake) -> None:
+    def __init__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], t: float, done: Wake, t_clock: float
+    ) -> None:
         self.args = args
         self.kwargs = kwargs
         self.t = t  # the backend's clock: batch_timeout follows a virtual clock too
-        self.t_clock = clock()
+        self.t_clock = t_clock  # the service's metrics clock
         self.state = _PENDING
         self.cancelled = False
         self.done = done
@@ -184,7 +190,7 @@ class Batcher:
             raise self._closed_error("before this call was batched")
         svc._admit()
         kit = self._kit
-        item = _Item(args, kwargs, kit.now(), kit.new())
+        item = _Item(args, kwargs, kit.now(), kit.new(), svc._clock())
         try:
             pending = self._pending
             pending.append(item)
@@ -348,7 +354,7 @@ class Batcher:
         results: Any = None,
         error: BaseException | None = None,
     ) -> None:
-        now = clock()
+        now = self._svc._clock()
         ok = error is None
         # A caller that left after the batch was sent is not counted (as an unbatched
         # cancelled caller is not).

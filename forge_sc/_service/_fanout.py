@@ -7,7 +7,6 @@ from typing import Any
 
 import anyio
 
-from .._metrics import clock
 from .._replica import Replica
 from .._spec import EndpointSpec
 from ..errors import FanoutError, ReplicaDiedError, RequestKilledReplicaError, ServiceClosedError
@@ -90,7 +89,7 @@ class Fanout(Admission):
         if inc is None or inc.handle is None or replica._state is not HEALTHY:
             died.append(replica.idx)
             return
-        t0 = clock()
+        t0 = self._clock()
         inc.active += 1
         if inc.active >= self._cap:
             self._dirty = True
@@ -122,11 +121,11 @@ class Fanout(Admission):
             if not (handle.detaches_on_cancel and cancelled):
                 self._release(replica, inc)
             if not (cancelled or isinstance(exc, CallerGone)):  # the endpoint's: a failure
-                now = clock()
+                now = self._clock()
                 replica._rec.record(now, now - t0, False)
             raise
         self._release(replica, inc)
-        now = clock()
+        now = self._clock()
         if replica.idx not in died:
             replica._rec.record(now, now - t0, ok)
         else:

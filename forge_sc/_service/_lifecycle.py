@@ -17,7 +17,6 @@ import anyio.lowlevel
 import attrs
 
 from .._config import check_replica_index
-from .._metrics import clock
 from .._replica import MAX_BACKOFF, Incarnation, Relay, Replica, SparePool, supervise
 from .._waiters import Waiter
 from ..errors import NoHealthyReplicasError, ServiceClosedError, ServiceFailedError
@@ -101,7 +100,7 @@ class Lifecycle(Admission):
             if not self._start_pending and all(r._state is HEALTHY for r in self._replicas):
                 self._starting = False
                 self._started.set()
-                _events.service_started(self, len(self._replicas), clock() - self._t0)
+                _events.service_started(self, len(self._replicas), self._clock() - self._t0)
 
     def _replica_died(self, replica: Replica) -> None:
         self._dirty = True
@@ -225,7 +224,7 @@ class Lifecycle(Admission):
                     if self._by_idx.pop(r.idx, None) is None:
                         continue
                     self._replicas.remove(r)
-                    self._retired.absorb(r._rec, clock())
+                    self._retired.absorb(r._rec, self._clock())
                     self._retired_restarts += r._restarts
                 self._dirty = True
 

@@ -2,7 +2,7 @@
 
 A request runs in its caller's task. The fast path (a replica with a free slot, no
 one queued) is plain bookkeeping around one ``await inc.call(...)``: no cancel
-scope, no hand-off, no clock read beyond ``perf_counter``. Everything else (waiting
+scope, no hand-off, no clock read beyond the metrics' (``perf_counter``). Everything else (waiting
 for capacity or recovery, sessions, retries) is on slow paths.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from .._metrics import INLINE_RECORDS, Recorder, clock
+from .._metrics import INLINE_RECORDS, Recorder
 from .._replica import Incarnation
 from .._routing import Router
 from .._spec import EndpointSpec
@@ -51,7 +51,7 @@ class Requests(Admission):
         """
         if get_ident() != self._gate:  # closing, failed, or not the service's thread
             self._refuse()
-        t0 = clock()
+        t0 = self._clock()
         self._inflight += 1
         attempts = 0  # placements on a replica
         unsent = 0  # of them, calls the backend refused unsent (CallNotSent)
@@ -170,7 +170,7 @@ class Requests(Admission):
                         # cancelled caller is not counted.
                         failed = not isinstance(exc, (anyio.get_cancelled_exc_class(), CallerGone))
                     if failed:
-                        now = clock()
+                        now = self._clock()
                         replica._rec.record(now, now - t0, False)
                         if also is not None:
                             also.record(now, now - t0, False)
@@ -181,7 +181,7 @@ class Requests(Admission):
                     self._dirty = True
                 if self._waiters or replica._waiters:
                     self._slot_freed(replica)
-                now = clock()
+                now = self._clock()
                 rec = replica._rec
                 pending = rec._pending
                 if now < rec._edge and len(pending) < INLINE_RECORDS:
@@ -198,7 +198,7 @@ class Requests(Admission):
             if not counted and not isinstance(
                 exc, (anyio.get_cancelled_exc_class(), CallerGone, GeneratorExit)
             ):
-                now = clock()
+                now = self._clock()
                 self._rec.record(now, now - t0, False)
                 if also is not None:
                     also.record(now, now - t0, False)

@@ -23,7 +23,7 @@ import sniffio
 
 from .._batching import Batcher
 from .._config import MAX_REPLICAS, ServiceConfig
-from .._metrics import Recorder, clock
+from .._metrics import Recorder, loop_clock
 from .._replica import ChildSpec, Replica, supervise
 from .._routing import LeastLoadedRouter, SessionRouter
 from .._spec import EndpointSpec
@@ -100,6 +100,8 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
                 "trio), where its block is entered: async with open_service(...) as svc"
             ) from None
         self._thread = get_ident()
+        #: The metrics' clock: perf_counter, or the loop's own when it is virtual.
+        self._clock = loop_clock()
         self._args = args
         self._kwargs = dict(kwargs)
         self._config = config
@@ -133,7 +135,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         self._rec = Recorder()  # failures the service itself raised
         self._retired = Recorder()  # counts of replicas removed by scaling
         self._retired_restarts = 0
-        self._t0 = clock()
+        self._t0 = self._clock()
         self._sessions = {}
         self._session_blocks = False
         self._session_idx = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import random
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import anyio
@@ -22,7 +22,7 @@ import anyio.lowlevel
 
 from .._batching import Batcher
 from .._config import ServiceConfig
-from .._metrics import Recorder, clock
+from .._metrics import Recorder
 from .._replica import ChildSpec, Incarnation, Replica, ReplicaState, SparePool
 from .._routing import Router, SessionRouter
 from .._spec import EndpointSpec
@@ -76,6 +76,7 @@ class ServiceState:
     _queued: int
     # Requests admitted and not ended (``_admit``/``_leave``).
     _inflight: int
+    _clock: Callable[[], float]
     # Lifecycle: closing (no new requests), forced (queued requests cancelled),
     # failed (escalated), starting (until every replica was healthy once).
     _closing: bool
@@ -131,7 +132,7 @@ class ServiceState:
             self._check_open()
         except ServiceError:
             if get_ident() == self._thread:
-                now = clock()
+                now = self._clock()
                 self._rec.record(now, 0.0, False)
             raise
 

@@ -7,7 +7,7 @@ once per batch on the replica that ran them.
 
 from __future__ import annotations
 
-from .._metrics import clock, percentile, rate
+from .._metrics import percentile, rate
 from .._stats import ReplicaMetrics, ServiceMetrics
 from ._state import HEALTHY, ServiceState
 
@@ -16,7 +16,7 @@ __all__ = ["snapshot"]
 
 def snapshot(svc: ServiceState) -> ServiceMetrics:
     """A frozen snapshot of ``svc``'s metrics (see :class:`ServiceMetrics`)."""
-    now = clock()
+    now = svc._clock()
     reps = []
     hist: dict[int, int] = {}
     n_lat, sum_lat = 0, 0.0
