@@ -2,8 +2,8 @@
 
 A request runs in its caller's task. The fast path (a replica with a free slot, no
 one queued) is plain bookkeeping around one ``await inc.call(...)``: no cancel
-scope, no hand-off, no clock read beyond the metrics' (``perf_counter``). Everything else (waiting
-for capacity or recovery, sessions, retries) is on slow paths.
+scope, no hand-off, no clock read beyond the metrics' (``perf_counter``). Everything
+else (waiting for capacity or recovery, sessions, retries) is on slow paths.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ BATCHER = "forge_sc/_batching/_batcher.py"
 SUPERVISOR = "forge_sc/_replica/_supervisor.py"
 REPLICA = "forge_sc/_replica/_replica.py"
 WAITERS = "forge_sc/_waiters.py"
+FAKE = "forge_sc/testing/_fake.py"
 
 STATEFUL = "stateful_tests"
 #: Seconds one run may take (the stateful suite on both backends takes 1-3 min).
@@ -288,7 +289,85 @@ ISSUE_10_BUGS = [
     ),
 ]
 
-BUGS = [*STATEFUL_BUGS, *ISSUE_15_BUGS, *ISSUE_10_BUGS]
+# Issue 14's audit stop: defects an audit found (requests at a replica's death, the
+# control plane's waiters, FakeMesh's nested interruptions), planted back; each is
+# caught by the regression test added with its fix.
+DEATHS = "tests/adversarial/test_deaths_and_retries.py"
+AUDIT_BUGS = [
+    Bug(
+        "shed",
+        "a running request whose replica died is refused by the full queue it re-enters",
+        [
+            (
+                ADMISSION,
+                "        if limit is not None and self._queued >= limit and not admitted:\n",
+                "        if limit is not None and self._queued >= limit:\n",
+            )
+        ],
+        (DEATHS,),
+    ),
+    Bug(
+        "resend",
+        "a caller cancelled as its replica dies is sent to another replica all the same",
+        [
+            (
+                REQUESTS,
+                "                    await anyio.lowlevel.checkpoint()\n"
+                "                    if not isinstance(exc, CallNotSent):\n",
+                "                    if not isinstance(exc, CallNotSent):\n",
+            )
+        ],
+        (DEATHS,),
+    ),
+    Bug(
+        "unsent",
+        "a call the backend refused unsent (replica known dead) counts as a send",
+        [
+            (
+                REQUESTS,
+                "                    if isinstance(exc, CallNotSent):\n",
+                "                    if False:\n",
+            )
+        ],
+        (DEATHS,),
+    ),
+    Bug(
+        "behind",
+        "requests wait in the queue behind restart_replica()/scale_to() waiting for a "
+        "replica to start",
+        [
+            (
+                LIFECYCLE,
+                "            self._watchers.push(waiter)\n",
+                "            self._waiters.push(waiter)\n",
+            ),
+            (
+                LIFECYCLE,
+                "                self._watchers.discard(waiter)\n",
+                "                self._waiters.discard(waiter)\n",
+            ),
+        ],
+        ("tests/adversarial/test_scaling_races.py",),
+    ),
+    Bug(
+        "count",
+        "FakeMesh: both replicas of a nested call dying at once leave the asyncio task "
+        "'cancelling'",
+        [
+            (
+                FAKE,
+                "                    self._interrupted.discard(task)\n"
+                "                    task.uncancel()\n"
+                "            await self._after_interrupt()\n",
+                "                    self._interrupted.discard(task)\n"
+                "            await self._after_interrupt()\n",
+            )
+        ],
+        ("tests/test_fakemesh.py",),
+    ),
+]
+
+BUGS = [*STATEFUL_BUGS, *ISSUE_15_BUGS, *ISSUE_10_BUGS, *AUDIT_BUGS]
 
 
 def source_files() -> list[str]:
