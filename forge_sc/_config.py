@@ -61,7 +61,7 @@ def _int_between(low: int, high: int, *, optional: bool = False) -> Any:
     return check
 
 
-def _number(*, positive: bool, optional: bool = False) -> Any:
+def _number(*, positive: bool, optional: bool = False, unit: str = "seconds") -> Any:
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
@@ -71,7 +71,7 @@ def _number(*, positive: bool, optional: bool = False) -> Any:
         what = "a finite number > 0" if positive else "a finite number >= 0"
         extra = " or None" if optional else ""
         raise ValueError(
-            f"ServiceConfig.{attr.name} must be {what}{extra} (seconds, as a float), "
+            f"ServiceConfig.{attr.name} must be {what}{extra} ({unit}, as a float), "
             f"got {show(value)}"
         )
 
@@ -127,7 +127,9 @@ class ServiceConfig:
     max_replicas: int | None = attrs.field(
         default=None, validator=_int_between(1, MAX_REPLICAS, optional=True)
     )
-    target_ongoing_requests: float = attrs.field(default=2.0, validator=_number(positive=True))
+    target_ongoing_requests: float = attrs.field(
+        default=2.0, validator=_number(positive=True, unit="requests per replica")
+    )
     upscale_delay: float = attrs.field(default=30.0, validator=_number(positive=False))
     downscale_delay: float = attrs.field(default=600.0, validator=_number(positive=False))
 
@@ -139,6 +141,12 @@ class ServiceConfig:
             )
         if self.max_replicas is not None:
             low = self.effective_min_replicas
+            if self.min_replicas is None and self.num_replicas > self.max_replicas:
+                raise ValueError(
+                    f"ServiceConfig.num_replicas ({self.num_replicas}) must be <= "
+                    f"max_replicas ({self.max_replicas}) (it is also the autoscaler's "
+                    "floor while min_replicas is unset)"
+                )
             if low > self.max_replicas:
                 raise ValueError(
                     f"ServiceConfig.min_replicas ({low}) must be <= max_replicas "

@@ -25,7 +25,7 @@ __all__ = ["INLINE_RECORDS", "WINDOW", "Recorder", "clock", "loop_clock", "perce
 WINDOW = 60.0
 _RATE_SLOTS = 60  # 1 s each
 _HIST_SLOT = 10.0
-_HIST_SLOTS = 6
+_HIST_SLOTS = 7  # the current 10-second slot and six whole ones: at least 60 s
 _FLUSH_AT = 4096
 _K = 1.0 / math.log(1.05)
 _MIN_LATENCY = 1e-7
@@ -187,17 +187,26 @@ class Recorder:
                 self._lat[j][0] += other._lat[j][0]
                 self._lat[j][1] += other._lat[j][1]
 
-    def completed_in_window(self, now: float) -> int:
-        """Completions in the last 60 s (whole 1-second slots)."""
+    def completed_in_window(self, now: float) -> float:
+        """Completions in the last 60 s, ``(now - 60, now]``: the current second, the
+        59 whole seconds before it, and the share of the second before those that
+        lies in the window (its count pro rata, as if spread evenly over it)."""
         if now >= self._edge:
             self._roll(now)
-        low = int(now) - _RATE_SLOTS
-        done = sum(c for c, s in zip(self._rate, self._rate_ids, strict=True) if s > low)
+        sec = int(now)
+        low = sec - _RATE_SLOTS
+        done = 0.0
+        for c, s in zip(self._rate, self._rate_ids, strict=True):
+            if s > low:
+                done += c
+            elif s == low:
+                done += c * (1.0 - (now - sec))
         return done + self._sec_count + len(self._pending)
 
     def window_histogram(self, now: float, into: dict[int, int]) -> tuple[int, float]:
-        """Add this recorder's latency buckets of the last 60 s into ``into``;
-        return (count, latency sum) of that window."""
+        """Add this recorder's latency buckets of the last 60-70 s (the current
+        10-second slot and the six before it) into ``into``; return (count, latency
+        sum) of that window."""
         if now >= self._edge:
             self._roll(now)
         self._fold()
@@ -246,7 +255,7 @@ def percentile(hist: dict[int, int], q: float) -> float:
     return math.exp((max(hist) + 0.5) / _K)  # pragma: no cover - unreachable
 
 
-def rate(completed: int, now: float, started: float) -> float:
+def rate(completed: float, now: float, started: float) -> float:
     """Requests per second: completions in the window over min(60 s, uptime)."""
     span = min(WINDOW, max(now - started, 1e-9))
     return completed / span

@@ -264,3 +264,47 @@ async def _clock_is(expected: object) -> bool:
     from forge_sc._metrics import loop_clock
 
     return loop_clock() is expected
+
+
+def test_the_rate_window_is_the_last_60_seconds() -> None:
+    """DESIGN §6: requests completed in the last 60 s. Steady traffic of 10 per
+    second reads what ended in ``(now - 60, now]``, within one request, wherever
+    ``now`` falls within its second (whole 1-second slots alone miss up to 10)."""
+    t = 1000.0
+    for now in (t + 180.0, t + 180.05, t + 180.5, t + 180.95):
+        rec = Recorder()
+        times = [t + i / 10 for i in range(10 * 180) if t + i / 10 <= now]
+        for at in times:
+            rec.record(at, 0.001, True)
+        truth = sum(now - 60 < at <= now for at in times)
+        assert abs(rec.completed_in_window(now) - truth) <= 1.0, (now, truth)
+
+
+def test_the_latency_window_holds_every_request_of_the_last_60_seconds() -> None:
+    rec = Recorder()
+    for i in range(10):
+        rec.record(1005.0 + i / 2, 0.25, True)
+    into: dict[int, int] = {}
+    n, total = rec.window_histogram(1064.0, into)  # all ten ended in (1004, 1064]
+    assert n == 10 and total == pytest.approx(2.5)
+    assert rec.window_histogram(1080.0, {})[0] == 0  # and they leave it in time
+
+
+async def test_capacity_utilization_is_over_the_healthy_replicas() -> None:
+    """TorchForge's definition (get_avg_capacity_utilization, the summary's key): a
+    recovering replica is no capacity, busy or idle."""
+    mesh = FakeMesh(seed=1)
+    async with open_service(
+        Counter, num_replicas=2, mesh=mesh, replica_max_concurrent_requests=1,
+        restart_backoff=30.0,
+    ) as svc:  # fmt: skip
+        mesh.crash(1)
+        await wait_for(lambda: not svc.replicas[1].healthy)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(svc.nap.route, 0.3)
+            await wait_for(lambda: svc.statistics().active_requests == 1)
+            stats = svc.statistics()
+            assert stats.capacity_utilization == 1.0
+            assert stats.summary()["service"]["avg_capacity_utilization"] == 1.0
+            assert stats.get_avg_capacity_utilization(svc.replicas) == 1.0
+        tg.cancel_scope.cancel()

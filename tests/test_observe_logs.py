@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from forge_sc import open_service
-from forge_sc.errors import ServiceFailedError
+from forge_sc.errors import NoHealthyReplicasError, ServiceFailedError
 from forge_sc.observe import service_name
 from forge_sc.testing import FakeMesh
 
@@ -102,3 +102,17 @@ async def test_a_failed_respawn_and_scaling_are_logged(caplog: pytest.LogCapture
     assert failed.incarnation == 2  # type: ignore[attr-defined]
     scaled = [r for r in _events(caplog) if r.event == "service.scaled"]  # type: ignore[attr-defined]
     assert [(r.old, r.new) for r in scaled] == [(1, 2), (2, 1)]  # type: ignore[attr-defined]
+
+
+async def test_a_scale_up_that_cannot_start_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """It is counted in scaling_events: the log says what happened to it."""
+    caplog.set_level(logging.INFO, logger="forge_sc")
+    mesh = FakeMesh()
+    async with open_service(
+        Counter, num_replicas=1, mesh=mesh, max_restarts=0, restart_backoff=0.001
+    ) as svc:
+        mesh.fail_spawns(1, 5)
+        with pytest.raises(NoHealthyReplicasError):
+            await svc.scale_to(2)
+    failed = [r for r in _events(caplog) if r.event == "service.scale_failed"]  # type: ignore[attr-defined]
+    assert [(r.old, r.new, r.levelname) for r in failed] == [(1, 2, "WARNING")]  # type: ignore[attr-defined]

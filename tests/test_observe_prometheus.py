@@ -93,6 +93,17 @@ async def test_a_scrape_reports_exact_counts(server: tuple[CollectorRegistry, in
     }
     assert all(v > 0 for v in got["forge_sc_request_latency_seconds"].values())
     assert got["forge_sc_uptime_seconds"][(s,)] > 0
+    # Every figure of DESIGN §6 has a family: capacity, mean latency, per-replica
+    # queues and sessions too.
+    assert got["forge_sc_capacity_utilization"] == {(s,): 0.0}
+    assert set(got["forge_sc_replica_capacity_utilization"]) == {
+        (("replica", "0"), s),
+        (("replica", "1"), s),
+    }
+    assert got["forge_sc_request_latency_mean_seconds"][(s,)] > 0
+    assert all(v >= 0 for v in got["forge_sc_replica_latency_mean_seconds"].values())
+    assert sum(got["forge_sc_replica_queue_depth"].values()) == 0.0
+    assert sum(got["forge_sc_replica_sessions"].values()) == 0.0  # not placed yet
 
 
 async def test_the_default_collector_follows_the_live_services(

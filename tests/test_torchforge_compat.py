@@ -151,7 +151,7 @@ def test_options_are_validated_with_the_class_defaults() -> None:
     class Three(ForgeActor):
         num_replicas = 3
 
-    with pytest.raises(ValueError, match=r"min_replicas \(3\) must be <= max_replicas \(2\)"):
+    with pytest.raises(ValueError, match=r"num_replicas \(3\) must be <= max_replicas \(2\)"):
         Three.options(max_replicas=2)
     assert Three.options(max_replicas=4).config_options()["num_replicas"] == 3
 

@@ -23,6 +23,10 @@ class ScalingHost(Protocol):
     @property
     def replicas(self) -> list[Any]: ...
 
+    def _usable_replicas(self) -> int:
+        """Replicas that are not failed for good."""
+        ...
+
     async def scale_to(self, num_replicas: int) -> None: ...
 
 
@@ -44,7 +48,7 @@ async def autoscale(svc: ScalingHost) -> None:
         await anyio.sleep(config.health_poll_rate)
         if svc._closing:
             return
-        current = len(svc.replicas)
+        current = svc._usable_replicas()  # (one failed for good is no capacity)
         want = desired_replicas(svc._inflight, config.target_ongoing_requests, low, high)
         step = (want > current) - (want < current)
         now = anyio.current_time()

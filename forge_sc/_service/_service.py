@@ -29,6 +29,7 @@ from .._routing import LeastLoadedRouter, SessionRouter
 from .._spec import EndpointSpec
 from .._stats import ServiceMetrics
 from .._waiters import WaitQueue
+from ..errors import NoHealthyReplicasError
 from ..mesh._protocol import Mesh
 from ..observe import _events, _registry
 from ._autoscaler import autoscale
@@ -265,11 +266,19 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
             )
         inc.die(RuntimeError(f"replica {idx} restarted by restart_replica()"))
         await self._wait_healthy_after(replica, inc)
+        if replica._done.is_set() and not replica._exhausted:
+            raise ValueError(f"replica {idx} was removed by scale_to() before it was healthy again")
+
+    def _usable_replicas(self) -> int:
+        return sum(not r._exhausted for r in self._replicas)
 
     async def scale_to(self, num_replicas: int) -> None:
-        """Grow or shrink the pool to ``num_replicas``. New replicas are healthy (or
-        failed) when this returns; removed ones (highest index first) finish their
-        in-flight requests first and their sessions move."""
+        """Grow or shrink the pool to ``num_replicas`` replicas that can serve.
+        Replicas failed for good are removed first (they count for nothing); new
+        replicas are healthy (or failed) when this returns; removed ones (highest
+        index first) finish their in-flight requests first and their sessions move.
+        With autoscaling on, ``num_replicas`` must lie within ``min_replicas`` and
+        ``max_replicas``."""
         if (
             isinstance(num_replicas, bool)
             or not isinstance(num_replicas, int)
@@ -277,6 +286,15 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
         ):
             raise ValueError(
                 f"scale_to() needs an int >= 1 and <= {MAX_REPLICAS}, got {num_replicas!r}"
+            )
+        config = self._config
+        if config.max_replicas is not None and not (
+            config.effective_min_replicas <= num_replicas <= config.max_replicas
+        ):
+            raise ValueError(
+                f"scale_to({num_replicas}): the autoscaler keeps this service between "
+                f"min_replicas={config.effective_min_replicas} and max_replicas="
+                f"{config.max_replicas}; scale within those bounds"
             )
         self._check_open()
         # Calls are serialized and the latest call's target wins: whoever holds the
@@ -288,20 +306,28 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
                 self._check_open()
                 target = self._scale_target
                 current = len(self._replicas)
-                if target == current:
+                dead = [r for r in self._replicas if r._exhausted]  # failed for good
+                live = [r for r in self._replicas if not r._exhausted]
+                if target == len(live) and not dead:
                     return
-                if target > current:
-                    self._check_capacity(target - current)
+                if target > len(live):
+                    self._check_capacity(target - len(live))
                 self._scaling_events += 1
-                if target > current:
-                    added = [self._add_replica() for _ in range(target - current)]
+                if dead:
+                    await self._retire(dead)
+                if target > len(live):
+                    added = [self._add_replica() for _ in range(target - len(live))]
                     assert self._itg is not None
                     for r in added:
                         self._itg.start_soon(supervise, self._child, r)
-                    for r in added:
-                        await self._wait_healthy_after(r, None)
-                else:
-                    await self._retire(self._replicas[target:])
+                    try:
+                        for r in added:
+                            await self._wait_healthy_after(r, None)
+                    except NoHealthyReplicasError as exc:
+                        _events.service_scale_failed(self, current, target, exc)
+                        raise
+                elif target < len(live):
+                    await self._retire(live[target:])
                 _events.service_scaled(self, current, target)
 
     async def shutdown(self) -> None:

@@ -90,8 +90,10 @@ def snapshot(svc: ServiceState) -> ServiceMetrics:
         avg_latency=sum_lat / n_lat if n_lat else 0.0,
         p50_latency=percentile(hist, 0.50),
         p99_latency=percentile(hist, 0.99),
+        # Over the healthy replicas (TorchForge's get_avg_capacity_utilization): one
+        # recovering is no capacity, busy or idle.
         capacity_utilization=(
-            sum(r.capacity_utilization for r in reps) / len(reps) if reps else 0.0
+            sum(r.capacity_utilization for r in reps if r.healthy) / healthy if healthy else 0.0
         ),
         uptime=now - svc._t0,
         replicas=tuple(reps),

@@ -229,6 +229,18 @@ def service_scaled(svc: Any, old: int, new: int) -> None:
     )
 
 
+def service_scale_failed(svc: Any, old: int, new: int, cause: BaseException) -> None:
+    _emit(
+        SERVICE_LOGGER,
+        logging.WARNING,
+        "service.scale_failed",
+        svc,
+        f"scaling from {old} to {new} replicas failed: {_first_line(cause)}",
+        old=old,
+        new=new,
+    )
+
+
 def service_escalated(svc: Any, budget: str, cause: BaseException | None) -> None:
     _emit(
         SERVICE_LOGGER,

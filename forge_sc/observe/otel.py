@@ -139,7 +139,11 @@ def enable_metrics(
     ``forge_sc.session.migrations``, ``forge_sc.scaling.events``, ``forge_sc.batches``
     and ``forge_sc.batch.items`` (``forge_sc.endpoint``). Gauges: ``forge_sc.replicas``
     (``forge_sc.state``), ``forge_sc.queue.depth``, ``forge_sc.active_requests``,
-    ``forge_sc.replica.active_requests``, ``forge_sc.sessions``. They cost nothing per
+    ``forge_sc.replica.active_requests``, ``forge_sc.sessions``,
+    ``forge_sc.replica.sessions``, ``forge_sc.replica.queue.depth``,
+    ``forge_sc.capacity.utilization``, ``forge_sc.replica.capacity.utilization``,
+    ``forge_sc.request.latency.mean``, ``forge_sc.replica.latency.mean``,
+    ``forge_sc.uptime``. They cost nothing per
     request: the callbacks read ``statistics()`` when the reader collects, on each
     service's own event loop thread.
 

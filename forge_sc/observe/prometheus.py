@@ -46,6 +46,9 @@ class ForgeCollector(Collector):
     ``forge_sc_batch_items_total`` (``endpoint``); gauges ``forge_sc_replicas``
     (``state``), ``forge_sc_queue_depth``, ``forge_sc_active_requests``,
     ``forge_sc_replica_active_requests``, ``forge_sc_sessions``,
+    ``forge_sc_replica_sessions``, ``forge_sc_replica_queue_depth``,
+    ``forge_sc_capacity_utilization``, ``forge_sc_replica_capacity_utilization``,
+    ``forge_sc_request_latency_mean_seconds``, ``forge_sc_replica_latency_mean_seconds``,
     ``forge_sc_uptime_seconds``, and ``forge_sc_request_latency_seconds`` /
     ``forge_sc_replica_request_latency_seconds`` (``quantile`` 0.5 and 0.99 over the
     last 60 s, the window of ``statistics()``).
@@ -87,9 +90,6 @@ class ForgeCollector(Collector):
                         value,
                     )
             yield metric
-        uptime = GaugeMetricFamily(
-            "forge_sc_uptime_seconds", "Seconds since the service was built.", labels=["service"]
-        )
         latency = GaugeMetricFamily(
             "forge_sc_request_latency_seconds",
             "Latency quantiles of callers' requests over the last 60 s.",
@@ -101,12 +101,10 @@ class ForgeCollector(Collector):
             labels=["service", "replica", "quantile"],
         )
         for name, stats in snaps:
-            uptime.add_metric([name], stats.uptime)
             latency.add_metric([name, "0.5"], stats.p50_latency)
             latency.add_metric([name, "0.99"], stats.p99_latency)
             for r in stats.replicas:
                 replica_latency.add_metric([name, str(r.idx), "0.5"], r.p50_latency)
                 replica_latency.add_metric([name, str(r.idx), "0.99"], r.p99_latency)
-        yield uptime
         yield latency
         yield replica_latency

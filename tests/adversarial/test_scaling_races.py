@@ -138,3 +138,76 @@ async def test_restarting_a_replica_that_scale_to_removes_is_refused() -> None:
         assert len(svc.replicas) == 1
         assert svc.statistics().retries == 0
         assert svc.statistics().successful_requests == 2
+
+
+async def test_scaling_down_removes_a_replica_failed_for_good_first() -> None:
+    """Replica 0 is out of restart budget, replica 1 serves: scale_to(1) keeps the one
+    that serves (a replica failed for good counts for nothing), never the reverse."""
+    mesh = FakeMesh(seed=1)
+    async with checked_service(mesh=mesh, num_replicas=2, max_restarts=0) as svc:
+        mesh.crash(0)
+        await wait_for(lambda: svc.replicas[0].state is ReplicaState.FAILED)
+        await svc.scale_to(1)
+        assert [(r.idx, r.state) for r in svc.replicas] == [(1, ReplicaState.HEALTHY)]
+        with anyio.fail_after(5):
+            assert await svc.value.route() == 1
+
+
+async def test_scale_to_replaces_a_replica_failed_for_good() -> None:
+    mesh = FakeMesh(seed=1)
+    async with checked_service(mesh=mesh, num_replicas=2, max_restarts=0) as svc:
+        mesh.crash(0)
+        await wait_for(lambda: svc.replicas[0].state is ReplicaState.FAILED)
+        await svc.scale_to(2)
+        assert [r.state for r in svc.replicas] == [ReplicaState.HEALTHY] * 2
+        assert 0 not in [r.idx for r in svc.replicas]
+
+
+async def test_the_autoscaler_does_not_count_a_replica_failed_for_good() -> None:
+    """Load that wants 2 replicas, with min 2: replica 0 failed for good is replaced,
+    so that 2 replicas serve."""
+    mesh = FakeMesh(seed=1)
+    async with checked_service(
+        mesh=mesh,
+        num_replicas=2,
+        max_restarts=0,
+        min_replicas=2,
+        max_replicas=3,
+        upscale_delay=0.05,
+        downscale_delay=60.0,
+    ) as svc:
+        mesh.crash(0)
+        await wait_for(lambda: svc.replicas[0].state is ReplicaState.FAILED)
+        await wait_for(lambda: 0 not in [r.idx for r in svc.replicas], 5.0)
+        await wait_for(lambda: [r.healthy for r in svc.replicas] == [True, True], 5.0)
+        assert svc.statistics().scaling_events >= 1
+
+
+async def test_scale_to_outside_the_autoscaling_bounds_is_refused() -> None:
+    async with checked_service(num_replicas=2, min_replicas=2, max_replicas=3) as svc:
+        for bad in (1, 4):
+            with pytest.raises(ValueError, match="min_replicas=2 and max_replicas=3"):
+                await svc.scale_to(bad)
+        assert len(svc.replicas) == 2
+
+
+async def test_restart_replica_whose_replica_scale_to_removed_meanwhile_says_so() -> None:
+    """It returns once the replica is healthy again or failed for good; removed
+    while it waited is neither, and is not a success."""
+    mesh = FakeMesh(seed=1)
+    async with checked_service(mesh=mesh, num_replicas=2, restart_backoff=0.3) as svc:
+        mesh.fail_spawns(1, 2)
+        outcome: list[Any] = []
+
+        async def restart() -> None:
+            try:
+                await svc.restart_replica(1)
+                outcome.append("returned")
+            except ValueError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(restart)
+            await wait_for(lambda: svc.replicas[1].state is not ReplicaState.HEALTHY)
+            await svc.scale_to(1)
+        assert len(outcome) == 1 and "removed by scale_to()" in str(outcome[0])
