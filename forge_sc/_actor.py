@@ -7,6 +7,7 @@ Monarch. An endpoint is a Monarch endpoint that also carries the service-level o
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import traceback
@@ -35,6 +36,7 @@ from ._spec import (
     make_spec,
 )
 from ._tensors import WIRE_ATTR, encode_result
+from .mesh._kinds import own_cancel_error
 from .observe import _carry
 
 if TYPE_CHECKING:
@@ -69,9 +71,20 @@ def _sendable(fn: Callable[..., Any], exc: Exception) -> Exception:
     return exc
 
 
+def _cancelled_from_outside() -> bool:
+    """Whether the running task is being cancelled (not an endpoint's own error)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running asyncio loop
+        return False
+    return task is not None and task.cancelling() > 0
+
+
 def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What Monarch runs for an endpoint: ``fn``, its result's tensors encoded for the
-    trip back (see :mod:`forge_sc._tensors`; nothing happens without torch). The
+    trip back (see :mod:`forge_sc._tensors`; nothing happens without torch), an
+    exception that cannot travel replaced by one that says so, and an ``async def``
+    endpoint's own ``CancelledError`` by :func:`own_cancel_error`. The
     endpoint spec keeps ``fn`` itself: FakeMesh calls it in-process. Endpoints that
     answer through a port (explicit response port, concurrent endpoints) and
     generators are left as they are: their results travel as Monarch pickles them."""
@@ -88,6 +101,10 @@ def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return encode_result(await fn(*args, **kwargs))
             except Exception as exc:
                 raise _sendable(fn, exc) from None
+            except asyncio.CancelledError as exc:
+                if _cancelled_from_outside():
+                    raise
+                raise own_cancel_error(fn.__name__, exc) from None
 
     elif inspect.isfunction(fn) and not inspect.isgeneratorfunction(fn):
 

@@ -9,7 +9,8 @@ Measured on torchmonarch 0.7.0 (``tests/adversarial/test_mesh_kinds.py`` and
 kind            what the caller gets                         what ends the actor
 ==============  ===========================================  ==============================
 ``ASYNC``       the result, or the endpoint's ``Exception``  a ``BaseException`` that is
-                                                             not an ``Exception``
+                (a ``CancelledError`` of its own: the        not an ``Exception``
+                ``RuntimeError`` of ``own_cancel_error``)
 ``SYNC``        the same (an actor whose endpoints are all   the same
                 plain ``def``; mixing raises at spawn)
 ``CONCURRENT``  the result, or whatever the body raised,     nothing the body raises
@@ -32,6 +33,7 @@ import enum
 import inspect
 import os
 import re
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,7 +48,7 @@ from .._shims._monarch import (
 )
 from .._tensors import WIRE_ATTR
 
-__all__ = ["EndpointInfo", "Kind", "check_actor_kind", "endpoint_kinds"]
+__all__ = ["EndpointInfo", "Kind", "check_actor_kind", "endpoint_kinds", "own_cancel_error"]
 
 
 class Kind(enum.Enum):
@@ -162,3 +164,18 @@ def check_actor_kind(actor_cls: type[Any]) -> None:
                 "cannot be sent back to a caller anyway: return a list instead.)"
             )
         raise ValueError(message) from None
+
+
+def own_cancel_error(name: str, exc: BaseException) -> RuntimeError:
+    """What the caller gets for an ``async def`` endpoint that let out a
+    ``CancelledError`` of its own (it awaited a future or task that something else
+    cancelled; its caller was not cancelled): an error of that call. Let out as it
+    is, it would end the actor on Monarch 0.7.0 (measured: that call and every later
+    one never answer, while the actor's process lives)."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    return RuntimeError(
+        f"endpoint {name!r} let out a CancelledError of its own (it awaited a future "
+        "or task that something else cancelled; its caller was not cancelled). Catch "
+        "it inside the endpoint, or shield what must not be cancelled under it "
+        f"(asyncio.shield). The replica's traceback:\n{text}"
+    )

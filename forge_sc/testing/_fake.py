@@ -54,7 +54,7 @@ from .._config import check_replica_index
 from .._shims._trio import attempt_abort, current_trio_task, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import CallKilledReplica, CallNotSent, ReplicaGone, ReplicaStartError, SpawnSpec
-from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds
+from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds, own_cancel_error
 from ..mesh._protocol import CallerGone
 
 T = TypeVar("T")
@@ -383,14 +383,14 @@ class FakeReplica:
                     task.uncancel()
                     await self._after_interrupt()
                 if self._own_cancel(exc, endpoint):
-                    await self._hang_on_own_cancel()
+                    raise own_cancel_error(endpoint, exc) from exc
             elif self._ends(exc, endpoint):
                 await self._killed(endpoint, exc)
         else:
             if _interrupts(exc, self):
                 await self._after_interrupt()
             if self._own_cancel(exc, endpoint):
-                await self._hang_on_own_cancel()
+                raise own_cancel_error(endpoint, exc) from exc
             if self._ends(exc, endpoint):
                 await self._killed(endpoint, exc)
         assert exc is not None  # _after_interrupt always raises
@@ -448,12 +448,6 @@ class FakeReplica:
         task = self.current_task()
         return task is not None and not task.cancelling()
 
-    async def _hang_on_own_cancel(self) -> NoReturn:
-        # On Monarch 0.7.0 an actor whose endpoint let out a CancelledError of its own
-        # stops answering, that call and every later one (measured): so does this one.
-        self._end(_Life.HUNG)
-        await self._after_interrupt()
-
     async def _after_interrupt(self) -> NoReturn:
         if self._life is _Life.HUNG:
             await self._stopped.wait()  # a hung process never answers
@@ -485,7 +479,7 @@ class FakeReplica:
             raise
         except BaseException as exc:
             if self._own_cancel(exc, endpoint):
-                return await self._hang_on_own_cancel()
+                raise own_cancel_error(endpoint, exc) from exc
             if not self._ends(exc, endpoint):
                 raise
             return await self._killed(endpoint, exc)

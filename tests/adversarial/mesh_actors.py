@@ -7,6 +7,7 @@ module too, so its top level stays light.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from typing import Any
@@ -85,6 +86,10 @@ class AsyncKinds(ForgeActor):
     @endpoint
     async def boom(self) -> int:
         raise Boom("async boom")
+
+    @endpoint
+    async def own_cancel(self) -> int:
+        raise asyncio.CancelledError  # as from a future it awaited, cancelled by another
 
 
 class SyncKinds(ForgeActor):
