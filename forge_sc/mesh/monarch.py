@@ -214,6 +214,8 @@ def _kill_leftovers(name: str, label: str) -> None:
 _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 #: Monarch's frames that run an endpoint's body (``actor_mesh.py``).
 _DISPATCH = frozenset({"handle", "handle_sync"})
+#: ``co_filename`` of code that cloudpickle sent by value.
+_BY_VALUE = "<dynamic-code>"
 
 
 def _killing_endpoint(report: str, kinds: dict[str, EndpointInfo]) -> EndpointInfo | None:
@@ -232,10 +234,15 @@ def _killing_endpoint(report: str, kinds: dict[str, EndpointInfo]) -> EndpointIn
     if start is None:
         return None
     by_place = {info.where: info for info in kinds.values() if info.holds_mailbox}
+    # A class the replica got by value (defined in the script's __main__): cloudpickle
+    # names its code's file "<dynamic-code>" there.
+    for info in kinds.values():
+        if info.holds_mailbox:
+            by_place.setdefault((_BY_VALUE, info.where[1]), info)
     for frame in frames[start + 1 :]:
-        info = by_place.get(frame)
-        if info is not None:
-            return info
+        found = by_place.get(frame)
+        if found is not None:
+            return found
     return None
 
 

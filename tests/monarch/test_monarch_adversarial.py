@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -221,3 +223,51 @@ async def test_an_open_text_file_argument_is_refused(tmp_path: Path) -> None:
         # What can travel does: a file's contents, an in-memory stream.
         assert await svc.read.route(io.StringIO(path.read_text())) == "StringIO: hello"
         assert svc.statistics().restarts == 0
+
+
+_MAIN_POISON = """
+import anyio
+from forge_sc import ForgeActor, endpoint, open_service
+from forge_sc.errors import RequestKilledReplicaError
+
+
+class InMain(ForgeActor):  # defined in __main__: the replica gets it by value
+    @endpoint
+    async def poison(self) -> None:
+        raise KeyboardInterrupt
+
+    @endpoint
+    async def value(self) -> int:
+        return 1
+
+
+async def main() -> None:
+    async with open_service(InMain, max_attempts=3, restart_backoff=0.01) as svc:
+        with anyio.fail_after(60):
+            try:
+                await svc.poison.route()
+            except RequestKilledReplicaError:
+                print("killed-not-resent", svc.statistics().retries)
+            assert await svc.value.route() == 1
+
+
+anyio.run(main)
+"""
+
+
+def test_a_poison_request_of_an_actor_defined_in_main_is_not_re_sent(tmp_path: Path) -> None:
+    """The replica runs a class defined in the script's __main__ as code sent by value
+    (cloudpickle names its file "<dynamic-code>"): the call that killed the replica is
+    still recognised as the culprit, not re-sent max_attempts times."""
+    script = tmp_path / "poison_in_main.py"
+    script.write_text(_MAIN_POISON)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "killed-not-resent 0" in proc.stdout, proc.stdout + proc.stderr
