@@ -51,7 +51,7 @@ from monarch.actor import Future
 
 from .._shims._monarch import PythonTask
 
-__all__ = ["CallGroup", "LoopPoster", "get_quietly", "loop_poster", "pending_relays", "wait"]
+__all__ = ["CallGroup", "LoopPoster", "loop_poster", "pending_relays", "wait"]
 
 T = TypeVar("T")
 
@@ -289,20 +289,6 @@ def pending_relays() -> int:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def get_quietly(fut: Future[Any]) -> BaseException | None:
-    """Block the calling (worker) thread on ``fut``; return its exception, if any.
-
-    For futures that have no relayable task (``ProcMesh.stop()``). Monarch may raise
-    ``CancelledError`` out of a stop that races a failure report; returning the
-    exception keeps it from being mistaken for a cancellation of the caller.
-    """
-    try:
-        fut.get()
-    except BaseException as exc:
-        return exc
-    return None
 
 
 LoopPoster = Callable[[Callable[[], None]], None]

@@ -43,7 +43,8 @@ mesh with a dead process.
 * Stop is bounded: Monarch's stop waits ~20 s for a process that cannot answer (a
   SIGSTOPped one); after :data:`STOP_GRACE` (at once for a stopped process) the
   replica's processes are killed (SIGKILL through their pidfds), and Monarch's stop
-  returns then.
+  returns then; if it does not within :data:`KILLED_STOP_GRACE` (a mesh whose
+  processes died while it was spawned held it ~30 s), it is given up.
 * Imports in the children: Monarch builds each actor of a process on a thread of its
   own, and two threads importing forge_sc at once can deadlock in Python's import
   locks (``_DeadlockError``). So the health actor (whose class is forge_sc's) is
@@ -86,7 +87,7 @@ from .._shm import available as shm_available
 from .._spec import SETUP_ENDPOINT, setup_endpoint
 from .._tensors import SHM_PREFIX_ENV, CallEncoding, encode_call, torch_loaded
 from . import _faults
-from ._bridge import CallGroup, get_quietly, loop_poster, wait
+from ._bridge import CallGroup, loop_poster, wait
 from ._gpu import GpuPool, default_gpu_pool
 from ._health import Health as _Health
 from ._kinds import EndpointInfo, check_actor_kind, endpoint_kinds
@@ -147,6 +148,12 @@ REPORT_GRACE = 1.0
 #: A healthy 1-2 process mesh stops in ~0.5 s; one that cannot answer (SIGSTOPped,
 #: stuck in native code) would hold Monarch's stop ~20 s.
 STOP_GRACE = 2.0
+
+#: How long Monarch's stop of a local replica may take once its processes were
+#: killed (``STOP_GRACE``) before it is given up: a mesh whose processes died while
+#: it was spawned can hold Monarch's stop ~30 s (measured), for processes already
+#: gone. (Monarch ends its own stop when the time runs out: no thread outlives it.)
+KILLED_STOP_GRACE = 2.0
 
 
 def _stopped_by_signal(pid: int) -> bool:
@@ -712,10 +719,15 @@ class MonarchReplica:
                 elif self._procs is not None:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._kill_after, STOP_GRACE)
-                        err = await anyio.to_thread.run_sync(get_quietly, self._procs.stop())
+                        stopped = await stop_bounded(self._procs, STOP_GRACE + KILLED_STOP_GRACE)
                         tg.cancel_scope.cancel()
-                    if err is not None:
-                        log.debug("forge_sc: stopping %s: %r", self._label, err)
+                    if not stopped:
+                        log.debug(
+                            "forge_sc: Monarch's stop of %s did not end %ss after its "
+                            "processes were killed; given up",
+                            self._label,
+                            KILLED_STOP_GRACE,
+                        )
                 if self._job is not None:
                     await anyio.to_thread.run_sync(self._job.kill)
                 if self._where is None and self._job is None:
