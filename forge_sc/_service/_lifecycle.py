@@ -193,6 +193,10 @@ class Lifecycle(Admission):
             raise ServiceClosedError(
                 f"the service closed before replica {replica.idx} was healthy again"
             )
+        if replica._done.is_set():  # stopped, not failed for good: removed meanwhile
+            raise ValueError(
+                f"replica {replica.idx} was removed by scale_to() before it was healthy again"
+            )
 
     async def _retire(self, victims: Sequence[Replica]) -> None:
         for r in victims:

@@ -131,9 +131,10 @@ class Requests(Admission):
                         raise ServiceClosedError(
                             f"{spec.name}: the service closed while the request was running"
                         ) from exc
-                    if isinstance(exc, CallNotSent):
-                        # The backend knew the replica dead before sending: the request
-                        # ran nowhere, so placing it again is not a re-send.
+                    # CallNotSent: the backend knew the replica dead before sending;
+                    # the request ran nowhere, so placing it again is not a re-send.
+                    sent = not isinstance(exc, CallNotSent)
+                    if not sent:
                         unsent += 1
                     else:
                         if not spec.idempotent:
@@ -154,7 +155,7 @@ class Requests(Admission):
                     # A caller cancelled meanwhile (its cancellation may have come in
                     # the same step as the death) is not sent anywhere again.
                     await anyio.lowlevel.checkpoint()
-                    if not isinstance(exc, CallNotSent):
+                    if sent:
                         self._retries += 1
                     continue
                 except BaseException as exc:

@@ -121,7 +121,8 @@ class ServiceState:
         if get_ident() != self._gate:
             if counted:
                 self._refuse()
-            self._check_open()
+            else:
+                self._check_open()
         self._inflight += 1
 
     def _refuse(self) -> None:

@@ -240,11 +240,12 @@ def _killing_endpoint(report: str, kinds: dict[str, EndpointInfo]) -> EndpointIn
     )
     if start is None:
         return None
-    by_place = {info.where: info for info in kinds.values() if info.holds_mailbox}
-    # A class the replica got by value (defined in the script's __main__): cloudpickle
-    # names its code's file "<dynamic-code>" there.
+    by_place: dict[tuple[str, str], EndpointInfo] = {}
     for info in kinds.values():
         if info.holds_mailbox:
+            by_place[info.where] = info
+            # A class the replica got by value (defined in the script's __main__):
+            # cloudpickle names its code's file "<dynamic-code>" there.
             by_place.setdefault((_BY_VALUE, info.where[1]), info)
     for frame in frames[start + 1 :]:
         found = by_place.get(frame)

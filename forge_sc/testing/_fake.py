@@ -367,20 +367,14 @@ class FakeReplica:
         service's request path) and ``call``'s own (``_call_asyncio``, ``_call_trio``)."""
         if exc is None:
             if self._asyncio:
-                task = self.current_task()
-                if task in self._interrupted:
-                    # This replica cancelled the task, but a call nested inside took
-                    # that cancellation as its own replica's (both died at once):
-                    # undo this replica's count, or the task stays "cancelling".
-                    self._interrupted.discard(task)
-                    task.uncancel()
+                # If this replica cancelled the task, a call nested inside took that
+                # cancellation as its own replica's (both died at once): undo this
+                # replica's count, or the task stays "cancelling".
+                self._take_interrupt()
             await self._after_interrupt()
         elif self._asyncio:
             if isinstance(exc, asyncio.CancelledError):
-                task = self.current_task()
-                if task in self._interrupted:
-                    self._interrupted.discard(task)
-                    task.uncancel()
+                if self._take_interrupt():
                     await self._after_interrupt()
                 if self._own_cancel(exc, endpoint):
                     raise own_cancel_error(endpoint, exc) from exc
@@ -395,6 +389,16 @@ class FakeReplica:
                 await self._killed(endpoint, exc)
         assert exc is not None  # _after_interrupt always raises
         raise exc
+
+    def _take_interrupt(self) -> bool:
+        """Whether this replica interrupted the current (asyncio) task; if it did,
+        its cancellation is undone (``uncancel``), once."""
+        task = self.current_task()
+        if task not in self._interrupted:
+            return False
+        self._interrupted.discard(task)
+        task.uncancel()
+        return True
 
     async def _run(
         self, fn: Callable[..., Any], actor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -313,8 +313,8 @@ AUDIT_BUGS = [
             (
                 REQUESTS,
                 "                    await anyio.lowlevel.checkpoint()\n"
-                "                    if not isinstance(exc, CallNotSent):\n",
-                "                    if not isinstance(exc, CallNotSent):\n",
+                "                    if sent:\n",
+                "                    if sent:\n",
             )
         ],
         (DEATHS,),
@@ -325,8 +325,8 @@ AUDIT_BUGS = [
         [
             (
                 REQUESTS,
-                "                    if isinstance(exc, CallNotSent):\n",
-                "                    if False:\n",
+                "                    sent = not isinstance(exc, CallNotSent)\n",
+                "                    sent = True\n",
             )
         ],
         (DEATHS,),
@@ -356,11 +356,9 @@ AUDIT_BUGS = [
         [
             (
                 FAKE,
-                "                    self._interrupted.discard(task)\n"
-                "                    task.uncancel()\n"
+                "                self._take_interrupt()\n"
                 "            await self._after_interrupt()\n",
-                "                    self._interrupted.discard(task)\n"
-                "            await self._after_interrupt()\n",
+                "                pass\n            await self._after_interrupt()\n",
             )
         ],
         ("tests/test_fakemesh.py",),
