@@ -8,10 +8,12 @@ Monarch. An endpoint is a Monarch endpoint that also carries the service-level o
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -32,11 +34,10 @@ from ._spec import (
     SETUP_ENDPOINT,
     SPEC_ATTR,
     EndpointSpec,
-    collect_endpoints,
     make_spec,
 )
 from ._tensors import WIRE_ATTR, encode_result
-from .mesh._kinds import own_cancel_error
+from .mesh._kinds import def_returned_coroutine, own_cancel_error
 from .observe import _carry
 
 if TYPE_CHECKING:
@@ -111,7 +112,10 @@ def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
-                return encode_result(fn(*args, **kwargs))
+                result = fn(*args, **kwargs)
+                if type(result) is CoroutineType:
+                    raise def_returned_coroutine(fn.__name__, result)
+                return encode_result(result)
             except Exception as exc:
                 raise _sendable(fn, exc) from None
 
@@ -119,6 +123,34 @@ def _results_on_wire(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn
     setattr(run, WIRE_ATTR, True)
     return run
+
+
+def _check_decorated(fn: Any, deco: str) -> None:
+    """Refuse at once what cannot become an endpoint (it would fail only at spawn or
+    at the first call, with an error that points elsewhere)."""
+    if isinstance(fn, (staticmethod, classmethod)):
+        kind = type(fn).__name__
+        raise TypeError(
+            f"@{deco} on a {kind}: an endpoint is an instance method (Monarch runs it on "
+            f"the replica's actor, with self). Drop @{kind}, or have a plain method "
+            f"endpoint call the {kind}."
+        )
+    if endpoint_method(fn) is not None:
+        raise TypeError(
+            f"@{deco} on {getattr(endpoint_method(fn), '__name__', fn)!r}, which is an "
+            "endpoint already: use one decorator (@service_endpoint(...) alone when the "
+            "endpoint has options)."
+        )
+    if isinstance(fn, type) or not callable(fn):
+        hint = (
+            " Its options are keyword-only: @service_endpoint(batch_size=8), "
+            "@service_endpoint(router=LeastLoadedRouter)."
+            if deco == "service_endpoint"
+            else ""
+        )
+        raise TypeError(
+            f"@{deco} decorates a method of a ForgeActor (def or async def), got {fn!r}.{hint}"
+        )
 
 
 def _wrap(fn: Callable[..., Any], spec: EndpointSpec) -> Any:
@@ -136,6 +168,7 @@ def endpoint(fn: Any = None) -> Any:
     (``router=RoundRobinRouter, batch_size=1, batch_timeout=0.01, idempotent=True``)."""
     if fn is None:
         return endpoint
+    _check_decorated(fn, "endpoint")
     return _wrap(fn, make_spec(fn))
 
 
@@ -169,6 +202,7 @@ def service_endpoint(
     """
 
     def deco(f: Callable[..., Any]) -> Any:
+        _check_decorated(f, "service_endpoint")
         return _wrap(
             f,
             make_spec(
@@ -185,6 +219,23 @@ def service_endpoint(
     if fn is not None:
         return deco(fn)
     return deco
+
+
+def _adopt_mixin_endpoints(cls: type[Any]) -> None:
+    """Copy onto ``cls`` the endpoints it inherits from classes that are not
+    ForgeActors (mixins): no ``__init_subclass__`` of ours ran for them, so they get
+    what ``cls``'s own endpoints get (a spec, the wire wrapper, the trace twins) on
+    copies, leaving the mixin as it is. An endpoint of a ForgeActor base was done in
+    that base's class statement."""
+    seen = set(vars(cls))
+    for base in cls.__mro__[1:]:
+        done = issubclass(base, ForgeActor) or base in _MonarchActor.__mro__
+        for name, value in vars(base).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            if not done and endpoint_method(value) is not None:
+                setattr(cls, name, copy.copy(value))
 
 
 class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
@@ -218,9 +269,18 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _adopt_mixin_endpoints(cls)
         for name, value in vars(cls).items():
             method = endpoint_method(value)
             if method is None:
+                inner = getattr(value, "__func__", None)
+                if isinstance(value, (staticmethod, classmethod)) and endpoint_method(inner):
+                    kind = type(value).__name__
+                    raise TypeError(
+                        f"{cls.__name__}.{name}: @{kind} over an endpoint hides it from "
+                        "Monarch and the service; an endpoint is an instance method. "
+                        f"Drop @{kind}."
+                    )
                 if name == SETUP_ENDPOINT and callable(value):
                     raise TypeError(
                         f"{cls.__name__}.setup is not an endpoint. forge_sc runs an "
@@ -244,20 +304,6 @@ class ForgeActor(_MonarchActor):  # type: ignore[misc]  # Monarch ships no stubs
                     f"{cls.__name__}.{name}: an endpoint cannot be named {name!r}; that "
                     "name belongs to the service handle or to Monarch's Actor (and names "
                     "starting with '_' are the handle's internals). Rename it."
-                )
-        # An endpoint inherited from a class that is not a ForgeActor (a mixin) was not
-        # seen above: its name is checked here.
-        for name in collect_endpoints(cls).keys() - vars(cls).keys():
-            if (
-                name in CLASS_OPTIONS
-                or name.startswith("_")
-                or name in RESERVED_NAMES
-                or (name in _MONARCH_NAMES)
-            ):
-                raise TypeError(
-                    f"{cls.__name__}.{name} (inherited): an endpoint cannot be named "
-                    f"{name!r}; that name belongs to the service handle, to Monarch's Actor "
-                    "or to the configuration defaults. Rename it."
                 )
         if any(n in vars(cls) for n in (*CLASS_OPTIONS, "_extra_config")):
             _check_class_options(cls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from typing import Any
 
 import attrs
 import pytest
@@ -317,6 +318,59 @@ def test_an_inherited_endpoint_named_like_the_handle_api_fails_too(name: str) ->
     mixin = type("Mixin", (), {name: endpoint(method)})
     with pytest.raises(TypeError, match="cannot be named"):
         type("Clash", (mixin, ForgeActor), {})
+
+
+def test_an_endpoint_of_a_mixin_is_the_subclass_own_and_the_mixin_is_untouched() -> None:
+    from forge_sc._tensors import WIRE_ATTR
+
+    async def shared(self: object) -> int:
+        return 1
+
+    prop = endpoint(shared)
+    mixin = type("Mixin", (), {"shared": prop})
+    actor = type("WithMixin", (mixin, ForgeActor), {})
+    assert "shared" in collect_endpoints(actor)
+    # What Monarch runs on the subclass is wrapped for the trip back (an exception
+    # that cannot travel, an own CancelledError); the mixin's own object is not.
+    assert getattr(actor.__dict__["shared"]._method, WIRE_ATTR, False)
+    assert mixin.__dict__["shared"] is prop and prop._method is shared
+    # A subclass of that actor inherits the adopted endpoint as any other.
+    sub = type("Sub", (actor,), {})
+    assert "shared" not in vars(sub) and "shared" in collect_endpoints(sub)
+
+
+def _method(name: str = "ep") -> Any:
+    async def method(self: object) -> int:
+        return 1
+
+    method.__name__ = name
+    return method
+
+
+@pytest.mark.parametrize(
+    ("decorate", "match"),
+    [
+        (lambda: endpoint(staticmethod(_method())), "staticmethod: an endpoint is an instance"),
+        (lambda: endpoint(classmethod(_method())), "classmethod: an endpoint is an instance"),
+        (lambda: endpoint(endpoint(_method())), "endpoint already"),
+        (lambda: service_endpoint(batch_size=2)(endpoint(_method())), "endpoint already"),
+        (lambda: endpoint(42), "decorates a method"),
+        (lambda: service_endpoint(8), "options are keyword-only"),  # type: ignore[arg-type]
+        (lambda: service_endpoint(RoundRobinRouter), "options are keyword-only"),
+        (lambda: service_endpoint(RoundRobinRouter()), "options are keyword-only"),
+    ],
+)
+def test_what_cannot_be_an_endpoint_fails_at_the_decorator(decorate: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        decorate()
+
+
+@pytest.mark.parametrize("wrapper", [staticmethod, classmethod])
+def test_an_endpoint_hidden_under_static_or_classmethod_fails_at_class_definition(
+    wrapper: Any,
+) -> None:
+    with pytest.raises(TypeError, match=f"@{wrapper.__name__} over an endpoint"):
+        type("Hidden", (ForgeActor,), {"ep": wrapper(endpoint(_method()))})
 
 
 async def test_handle_misuse_fails_at_once_with_a_type_error() -> None:

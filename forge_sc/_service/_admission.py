@@ -51,7 +51,7 @@ class Admission(ServiceState):
         if not avail:
             return None
         replica = router.get_replica(avail)
-        if replica not in avail:
+        if type(replica) is not Replica or replica not in avail:  # see _requests
             self._bad_router(router, replica)
         return replica
 
@@ -191,7 +191,7 @@ class Admission(ServiceState):
                 )
                 continue
             replica = self._session_router.get_replica(healthy, sess_id, self._session_view)
-            if replica not in healthy:
+            if type(replica) is not Replica or replica not in healthy:
                 self._bad_router(self._session_router, replica)
             self._assign(sess_id, replica)
             known = True

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from .._metrics import INLINE_RECORDS, Recorder
-from .._replica import Incarnation
+from .._replica import Incarnation, Replica
 from .._routing import Router
 from .._spec import EndpointSpec
 from ..errors import (
@@ -68,7 +68,9 @@ class Requests(Admission):
                     avail = self._available
                     if avail and not self._waiters:
                         replica = router.get_replica(avail)
-                        if replica not in avail:
+                        # The type first: ``in`` also asks the returned object's
+                        # own __eq__ (mock.ANY is "in" every tuple).
+                        if type(replica) is not Replica or replica not in avail:
                             self._bad_router(router, replica)
                     else:
                         replica, waited = await self._wait_for_slot(router, waited, attempts > 0)

@@ -34,7 +34,7 @@ import inspect
 import os
 import re
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import attrs
@@ -178,4 +178,18 @@ def own_cancel_error(name: str, exc: BaseException) -> RuntimeError:
         "or task that something else cancelled; its caller was not cancelled). Catch "
         "it inside the endpoint, or shield what must not be cancelled under it "
         f"(asyncio.shield). The replica's traceback:\n{text}"
+    )
+
+
+def def_returned_coroutine(name: str, coro: Coroutine[Any, Any, Any]) -> TypeError:
+    """What the caller gets for a plain ``def`` endpoint that returned a coroutine:
+    Monarch sends a plain def's return value back as it is, and a coroutine cannot
+    be pickled (FakeMesh, which passes results by reference, refuses it too, so a
+    test does not pass on what fails on processes). The coroutine is closed unrun."""
+    coro.close()
+    return TypeError(
+        f"endpoint {name!r} is a plain def that returned a coroutine "
+        f"({getattr(coro, '__qualname__', coro)!r}), which it never awaited; a "
+        "coroutine cannot be sent back to the caller. Make the endpoint async def and "
+        "await it."
     )

@@ -54,7 +54,14 @@ from .._config import check_replica_index
 from .._shims._trio import attempt_abort, current_trio_task, is_blocked
 from .._spec import collect_endpoints, setup_endpoint
 from ..mesh import CallKilledReplica, CallNotSent, ReplicaGone, ReplicaStartError, SpawnSpec
-from ..mesh._kinds import EndpointInfo, Kind, check_actor_kind, endpoint_kinds, own_cancel_error
+from ..mesh._kinds import (
+    EndpointInfo,
+    Kind,
+    check_actor_kind,
+    def_returned_coroutine,
+    endpoint_kinds,
+    own_cancel_error,
+)
 from ..mesh._protocol import CallerGone
 
 T = TypeVar("T")
@@ -196,7 +203,23 @@ def _runner(info: EndpointInfo) -> Callable[..., Any]:
         return _generator_endpoint(info)
     if info.explicit_port:
         return _port_endpoint(info.fn)
+    if info.kind is Kind.SYNC:
+        return _def_endpoint(info)
     return info.fn
+
+
+def _def_endpoint(info: EndpointInfo) -> Callable[..., Any]:
+    """A plain def endpoint as Monarch runs it: its return value is the answer, and
+    a coroutine is refused (Monarch cannot send one back), not awaited."""
+    fn = info.fn
+
+    def run(actor: Any, *args: Any, **kwargs: Any) -> Any:
+        result = fn(actor, *args, **kwargs)
+        if type(result) is CoroutineType:
+            raise def_returned_coroutine(info.name, result)
+        return result
+
+    return run
 
 
 class _Table:

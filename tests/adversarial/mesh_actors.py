@@ -107,6 +107,34 @@ class SyncKinds(ForgeActor):
     def boom(self) -> int:
         raise Boom("sync boom")
 
+    @endpoint
+    def coroutine(self) -> Any:
+        return _later()  # forgot async def and await: a coroutine cannot be sent back
+
+
+async def _later() -> int:
+    return 1
+
+
+class _NotAnActor:
+    """A mixin that is not a ForgeActor: its endpoints must get what a ForgeActor's
+    own get (here: the wrapper that turns an endpoint's own CancelledError into an
+    error of that call, where Monarch would let the actor go silent)."""
+
+    @endpoint
+    async def mixin_own_cancel(self) -> int:
+        raise asyncio.CancelledError
+
+    @monarch_endpoint
+    async def mixin_plain(self, x: int) -> int:
+        return x * 10
+
+
+class MixinKinds(_NotAnActor, ForgeActor):
+    @endpoint
+    async def value(self, x: int) -> int:
+        return x + 1
+
 
 class ConcurrentKinds(ForgeActor):
     """``monarch.actor.concurrent_endpoint``: calls overlap; whatever the body raises,

@@ -25,6 +25,7 @@ from .mesh_actors import (
     ConcurrentKinds,
     GeneratorKinds,
     MixedKinds,
+    MixinKinds,
     PortKinds,
     SyncKinds,
 )
@@ -67,6 +68,19 @@ CASES = [
     Case("sync-value", SyncKinds, "value", (1,), VALUE, 2),
     Case("sync-exception", SyncKinds, "fails", (), RAISES, ValueError, ("value", (1,), 2)),
     Case("sync-baseexception", SyncKinds, "boom", (), KILLS, None, ("value", (1,), 2)),
+    Case(
+        "sync-returns-coroutine", SyncKinds, "coroutine", (), RAISES, TypeError, ("value", (1,), 2)
+    ),
+    Case(
+        "mixin-own-cancel",
+        MixinKinds,
+        "mixin_own_cancel",
+        (),
+        RAISES,
+        RuntimeError,
+        ("value", (1,), 2),
+    ),
+    Case("mixin-monarch-endpoint", MixinKinds, "mixin_plain", (2,), VALUE, 20),
     Case("concurrent-value", ConcurrentKinds, "value", (1,), VALUE, 2),
     Case("concurrent-overlap", ConcurrentKinds, "meet", (3, 10.0), OVERLAP, 3),
     Case(

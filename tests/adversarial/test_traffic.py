@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from unittest import mock
 
 import anyio
 import pytest
@@ -29,6 +30,11 @@ class _Stranger(Router):
         return object()  # not one of them
 
 
+class _Equal(Router):
+    def get_replica(self, healthy_replicas: Sequence[Any], *_: Any) -> Any:
+        return mock.ANY  # equal to everything, yet none of them
+
+
 class _Raiser(Router):
     def get_replica(self, healthy_replicas: Sequence[Any], *_: Any) -> Any:
         raise ZeroDivisionError("the router broke")
@@ -44,6 +50,10 @@ class _Mutator(Router):
 class BadRouters(ForgeActor):
     @service_endpoint(router=_Stranger)
     async def stranger(self) -> int:
+        return 1
+
+    @service_endpoint(router=_Equal)
+    async def equal(self) -> int:
         return 1
 
     @service_endpoint(router=_Raiser)
@@ -67,6 +77,7 @@ class BadRouters(ForgeActor):
     ("name", "error"),
     [
         ("stranger", TypeError),
+        ("equal", TypeError),
         ("raiser", ZeroDivisionError),
         ("mutator", TypeError),
         ("bstranger", TypeError),
