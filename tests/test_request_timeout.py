@@ -114,3 +114,46 @@ async def test_request_timeout_adds_up_waits_over_several_deaths() -> None:
             assert waited == pytest.approx(TIMEOUT, abs=0.1)
         else:
             assert waited < (TIMEOUT + 2 * wait + TIMEOUT) / 2
+
+
+async def test_a_session_request_keeps_its_queue_wait_when_its_replica_dies() -> None:
+    """A session request waits QUEUED behind its replica's capacity, then the
+    replica dies and does not come back: the wait for recovery gets only what is
+    left of ``request_timeout``, not a new one."""
+    mesh = FakeMesh(seed=1)
+    async with open_service(
+        Gated, num_replicas=1, mesh=mesh, replica_max_concurrent_requests=1,
+        request_timeout=TIMEOUT, health_poll_rate=0.05, restart_backoff=0.01,
+    ) as svc:  # fmt: skip
+        actor = mesh.actor(0)
+        sid = await svc.start_session()
+        outcome: list[BaseException] = []
+        ended: list[float] = []
+
+        async def request() -> None:
+            try:
+                await svc.hold.route("late", sess_id=sid)
+            except NoHealthyReplicasError as exc:
+                outcome.append(exc)
+            ended.append(anyio.current_time())
+
+        async def blocker() -> None:
+            with pytest.raises(NoHealthyReplicasError):  # it has its own wait after
+                await svc.hold.route("blocker")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(blocker)
+            await wait_for(lambda: actor.started == ["blocker"])
+            t0 = anyio.current_time()
+            tg.start_soon(request)
+            await wait_for(lambda: svc.statistics().queue_depth == 1)
+            await anyio.sleep(QUEUED)
+            mesh.spawn_delay = 1000.0  # the replica will not come back
+            mesh.crash(0)
+        assert len(outcome) == 1, outcome
+        waited = ended[0] - t0
+        if virtual():
+            assert waited == pytest.approx(TIMEOUT, abs=0.05)
+        else:
+            # With a new request_timeout after the death it would be QUEUED + TIMEOUT.
+            assert waited < (TIMEOUT + QUEUED + TIMEOUT) / 2

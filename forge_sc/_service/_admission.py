@@ -24,7 +24,12 @@ __all__ = ["Admission", "Moved", "SessionEnded"]
 
 
 class Moved(Exception):
-    """Internal: the replica a session request waited for is gone; pick again."""
+    """Internal: the replica a session request waited for is gone; pick again.
+    ``waited``: the request's wait so far, this wait included (request_timeout)."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(waited)
+        self.waited = waited
 
 
 class SessionEnded(Exception):
@@ -95,7 +100,7 @@ class Admission(ServiceState):
                     if self._forced:
                         raise ServiceClosedError("the service closed before the request could run")
                     if target is not None and target._state is not HEALTHY:
-                        raise Moved
+                        raise Moved(waited + anyio.current_time() - start)
                     replica = attempt()
                     if replica is not None:
                         waiter.woken = False
@@ -182,7 +187,8 @@ class Admission(ServiceState):
                             replica,
                             admitted=not may_create,
                         )
-                    except Moved:
+                    except Moved as moved:
+                        waited = moved.waited
                         continue
             healthy = [r for r in self._replicas if r._state is HEALTHY]
             if not healthy:

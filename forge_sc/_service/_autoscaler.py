@@ -19,6 +19,7 @@ class ScalingHost(Protocol):
     _config: ServiceConfig
     _closing: bool
     _inflight: int  # requests admitted and not yet ended
+    _started: anyio.Event  # every first replica healthy: open_service's body runs
 
     @property
     def replicas(self) -> list[Any]: ...
@@ -37,13 +38,17 @@ def desired_replicas(ongoing: int, target: float, low: int, high: int) -> int:
 
 
 async def autoscale(svc: ScalingHost) -> None:
-    """Sample the load every ``health_poll_rate`` s; scale when the desired count has
-    differed from the current one for ``upscale_delay`` / ``downscale_delay`` s."""
+    """Sample the load every ``health_poll_rate`` s once the service has started;
+    scale when the desired count has differed from the current one for
+    ``upscale_delay`` / ``downscale_delay`` s."""
     config = svc._config
     assert config.max_replicas is not None
     low, high = config.effective_min_replicas, config.max_replicas
     since: float | None = None
     direction = 0
+    # Not while the service starts: replicas still starting carry no load, and
+    # removing one would leave open_service waiting for it to become healthy.
+    await svc._started.wait()
     while True:
         await anyio.sleep(config.health_poll_rate)
         if svc._closing:

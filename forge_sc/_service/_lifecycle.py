@@ -239,20 +239,8 @@ class Lifecycle(Admission):
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         """The service's own task: owns the mesh lifespan and every internal task."""
         try:
-            async with self._mesh.lifespan(), anyio.create_task_group() as tg:
-                self._itg = tg
-                # (Warm spares take room on the mesh like replicas.)
-                self._check_capacity(len(self._replicas) + self._config.spare_replicas)
-                for i, r in enumerate(list(self._replicas)):
-                    if i and i % _START_CHUNK == 0:
-                        # A huge pool: let a cancelled start-up end here.
-                        await anyio.lowlevel.checkpoint()
-                    tg.start_soon(supervise, self._child, r)
-                if self._spares is not None:
-                    tg.start_soon(self._spares.run)
-                self._start_helpers(tg)
-                task_status.started()
-                await anyio.sleep_forever()
+            with anyio.CancelScope() as scope:
+                await self._serve(scope, task_status)
         finally:
             for r in self._replicas:
                 if not r._done.is_set():  # its supervisor never ran
@@ -263,6 +251,32 @@ class Lifecycle(Admission):
             self._wake_everyone()
             self._closed.set()
             _events.service_stopped(self)
+
+    async def _serve(
+        self, scope: anyio.CancelScope, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        """The mesh's lifespan and the internal task group, until _close cancels it.
+
+        Once started, ``scope`` is shielded: a cancellation of the scope around
+        ``open_service`` ends the body, not the replicas under the requests that the
+        close then drains (from tasks outside the block, or shielded in it). Before,
+        it ends the start-up (a huge pool's too: see the chunks).
+        """
+        async with self._mesh.lifespan(), anyio.create_task_group() as tg:
+            self._itg = tg
+            # (Warm spares take room on the mesh like replicas.)
+            self._check_capacity(len(self._replicas) + self._config.spare_replicas)
+            for i, r in enumerate(list(self._replicas)):
+                if i and i % _START_CHUNK == 0:
+                    # A huge pool: let a cancelled start-up end here.
+                    await anyio.lowlevel.checkpoint()
+                tg.start_soon(supervise, self._child, r)
+            if self._spares is not None:
+                tg.start_soon(self._spares.run)
+            self._start_helpers(tg)
+            task_status.started()
+            scope.shield = True
+            await anyio.sleep_forever()
 
     async def _wait_started(self) -> None:
         await self._started.wait()

@@ -60,6 +60,7 @@ class Requests(Admission):
         unsent = 0  # of them, calls the backend refused unsent (CallNotSent)
         waited = 0.0
         counted = False  # recorded on a replica already
+        resend = False  # the last placement was sent and its replica died
         try:
             while True:
                 if sess_id is None:
@@ -90,6 +91,9 @@ class Requests(Admission):
                 if inc.active >= self._cap:
                     self._dirty = True
                 attempts += 1
+                if resend:  # counted once placed again, not when a caller gives up first
+                    resend = False
+                    self._retries += 1
                 try:
                     fn = inc.direct.get(spec.name)
                     if fn is None:
@@ -157,8 +161,7 @@ class Requests(Admission):
                     # A caller cancelled meanwhile (its cancellation may have come in
                     # the same step as the death) is not sent anywhere again.
                     await anyio.lowlevel.checkpoint()
-                    if sent:
-                        self._retries += 1
+                    resend = sent
                     continue
                 except BaseException as exc:
                     handle = inc.handle

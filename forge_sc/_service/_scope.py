@@ -37,12 +37,14 @@ def single_exception(group: BaseExceptionGroup[Any]) -> BaseException | None:
     """The only non-cancellation exception inside ``group``, if there is exactly one.
 
     Several ``ServiceFailedError`` (replicas failing together at start-up) are one
-    failure of the service: the first is returned.
+    failure of the service: the first is returned, also beside the errors that the
+    failure itself gave the body's requests (marked by ``Service._failed_error``).
     """
     cancelled = anyio.get_cancelled_exc_class()
     leaves = [e for e in _leaves(group) if not isinstance(e, cancelled)]
-    if leaves and all(isinstance(e, ServiceFailedError) for e in leaves):
-        return leaves[0]
+    failed = [e for e in leaves if isinstance(e, ServiceFailedError)]
+    if failed and all(e in failed or getattr(e, "_forge_sc_escalation", False) for e in leaves):
+        return failed[0]
     return leaves[0] if len(leaves) == 1 else None
 
 

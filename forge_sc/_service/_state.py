@@ -215,12 +215,16 @@ class ServiceState:
         raise self._failed_error()
 
     def _failed_error(self) -> NoHealthyReplicasError:
-        """What a request of a service that escalated gets."""
-        return NoHealthyReplicasError(
+        """What a request of a service that escalated gets. Marked: one that reaches
+        ``open_service``'s exit (a request shielded in the body) is that failure's
+        echo, and ServiceFailedError comes out alone (``_scope.single_exception``)."""
+        error = NoHealthyReplicasError(
             "every replica of the service used up its restart budget "
             f"(max_restarts={self._config.max_restarts} within "
             f"restart_window={self._config.restart_window}s); the service has failed"
         )
+        error._forge_sc_escalation = True  # type: ignore[attr-defined]
+        return error
 
     async def _escalated(self) -> NoReturn:
         # A caller inside the open_service block was cancelled with the body when the

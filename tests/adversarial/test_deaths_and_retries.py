@@ -9,7 +9,12 @@ import anyio
 import pytest
 
 from forge_sc import Router, open_service
-from forge_sc.errors import ReplicaDiedError, ServiceClosedError, ServiceOverloadedError
+from forge_sc.errors import (
+    NoHealthyReplicasError,
+    ReplicaDiedError,
+    ServiceClosedError,
+    ServiceOverloadedError,
+)
 from forge_sc.testing import FakeMesh
 
 from ._support import FAST, Hostile, assert_idle, checked_service, wait_for
@@ -178,3 +183,34 @@ async def test_batched_callers_that_left_after_the_batch_was_sent_are_not_counte
         stats = svc.statistics()
         assert (stats.total_requests, stats.successful_requests) == (2, 2)
         assert_idle(svc)
+
+
+@pytest.mark.parametrize("ends", ["cancelled", "request_timeout"])
+async def test_a_request_that_ends_before_it_is_placed_again_is_no_retry(ends: str) -> None:
+    """``retries`` counts re-sends: a request whose replica died, and whose caller
+    gave up (or whose request_timeout ran out) while it waited for the recovery, was
+    never sent again."""
+    mesh = FakeMesh(seed=1)
+    config: dict[str, Any] = {**FAST, "restart_backoff": 30.0, "request_timeout": 0.2}
+    async with checked_service(mesh=mesh, **config) as svc:
+        scope = anyio.CancelScope()
+        got: list[BaseException] = []
+
+        async def call() -> None:
+            with scope:
+                try:
+                    await svc.record.route("r", 60.0)
+                except NoHealthyReplicasError as exc:
+                    got.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await wait_for(lambda: svc.statistics().active_requests == 1)
+            mesh.crash(0)
+            await wait_for(lambda: svc.statistics().queue_depth == 1)  # waits for recovery
+            if ends == "cancelled":
+                scope.cancel()
+        assert (len(got) == 1) is (ends == "request_timeout")
+        stats = svc.statistics()
+        assert stats.retries == 0, stats
+        await svc.restart_replica(0)  # not to wait 30 s for the back-off to end

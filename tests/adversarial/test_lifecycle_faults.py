@@ -20,6 +20,7 @@ from forge_sc.errors import (
 )
 from forge_sc.testing import FakeMesh
 
+from ..gated import Gated
 from ._support import FAST, Hostile, assert_idle, checked_service, running_tasks, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -314,6 +315,83 @@ async def test_cancelled_while_starting_and_while_closing() -> None:
     assert all(r.state is ReplicaState.STOPPED for r in svc.replicas)
     await wait_for(lambda: running_tasks() == before, 2.0, "tasks left running")
     assert_idle(svc)
+
+
+async def test_a_cancelled_block_still_drains_the_requests_of_tasks_outside_it() -> None:
+    """DESIGN §3, service closing: in-flight requests, also from tasks outside the
+    block, run to completion (up to graceful_shutdown_timeout), however the block is
+    left; a cancellation of the scope around it too (the replicas under them live
+    on until the drain is over)."""
+    mesh = FakeMesh(seed=1)
+    outer = anyio.CancelScope()
+    closing = anyio.Event()
+    got: list[Any] = []
+    config = {**FAST, "graceful_shutdown_timeout": 60.0}
+    async with anyio.create_task_group() as tg:  # the tasks outside the block
+        with _on_event("service.closing", closing.set), outer:
+            async with open_service(Gated, mesh=mesh, **config) as svc:
+
+                async def outside() -> None:
+                    got.append(await svc.hold.route("x"))
+
+                async def answer_once_closing() -> None:
+                    await closing.wait()
+                    mesh.actor(0).gate("x").set()
+
+                tg.start_soon(outside)
+                await wait_for(lambda: mesh.actor(0).started == ["x"])
+                tg.start_soon(answer_once_closing)
+                outer.cancel()
+                await anyio.sleep_forever()
+    assert outer.cancelled_caught
+    assert got == [(None, "x")]
+    assert all(r.state is ReplicaState.STOPPED for r in svc.replicas)
+    assert_idle(svc)
+
+
+async def test_a_shielded_request_in_a_cancelled_block_runs_to_its_end() -> None:
+    mesh = FakeMesh(seed=1)
+    got: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as outer:
+            async with open_service(Gated, mesh=mesh, **FAST) as svc:
+
+                async def cancel_then_answer() -> None:
+                    await wait_for(lambda: mesh.actor(0).started == ["y"])
+                    outer.cancel()
+                    for _ in range(20):  # turns for the cancellation to act, if it did
+                        await anyio.lowlevel.checkpoint()
+                    mesh.actor(0).gate("y").set()
+
+                tg.start_soon(cancel_then_answer)
+                with anyio.CancelScope(shield=True):
+                    got.append(await svc.hold.route("y"))
+    assert got == [(None, "y")]
+    assert svc.statistics().restarts == 0
+
+
+async def test_escalation_with_a_shielded_request_in_the_body_is_one_bare_error() -> None:
+    """The request gets the escalation's NoHealthyReplicasError (its shield keeps the
+    body's cancellation out); open_service still raises ServiceFailedError alone."""
+    mesh = FakeMesh(seed=1)
+    got: list[BaseException] = []
+    with pytest.raises(ServiceFailedError):
+        async with open_service(Hostile, mesh=mesh, max_restarts=1, **FAST) as svc:
+            mesh.fail_spawns(0, 10)
+
+            async def crash_when_running() -> None:
+                await wait_for(lambda: svc.statistics().active_requests == 1)
+                mesh.crash(0)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(crash_when_running)
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await svc.nap.route(60.0)
+                    except NoHealthyReplicasError as exc:
+                        got.append(exc)
+                        raise
+    assert len(got) == 1
 
 
 @contextlib.contextmanager

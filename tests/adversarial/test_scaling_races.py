@@ -211,3 +211,17 @@ async def test_restart_replica_whose_replica_scale_to_removed_meanwhile_says_so(
             await wait_for(lambda: svc.replicas[1].state is not ReplicaState.HEALTHY)
             await svc.scale_to(1)
         assert len(outcome) == 1 and "removed by scale_to()" in str(outcome[0])
+
+
+async def test_the_autoscaler_waits_for_the_start_up_to_end() -> None:
+    """Replicas slower to start than the downscale delay: the autoscaler, seeing no
+    load, must not remove one that open_service waits for (it waited forever)."""
+    mesh = FakeMesh(seed=1, spawn_delay=0.2)
+    with anyio.fail_after(30):
+        async with checked_service(
+            mesh=mesh, num_replicas=2, min_replicas=1, max_replicas=2,
+            health_poll_rate=0.05, downscale_delay=0.0,
+        ) as svc:  # fmt: skip
+            assert [r.state for r in svc.replicas] == [ReplicaState.HEALTHY] * 2
+            # Then it scales down as configured.
+            await wait_for(lambda: len(svc.replicas) == 1, 10.0)
