@@ -391,6 +391,8 @@ class HostedEndpoint(ServiceEndpoint):
 
     async def __call__(self, sess_id: str | None, *args: Any, **kwargs: Any) -> Any:
         """As :meth:`ServiceEndpoint.__call__`, run in the service's host thread."""
+        if sess_id is None:  # the session() block's, if any (looked up in this task)
+            return await self.route(*args, **kwargs)
         return await self._owner._run(partial(self._ep.__call__, sess_id, *args, **kwargs))
 
     async def fanout(self, *args: Any, **kwargs: Any) -> list[Any]:
@@ -462,7 +464,10 @@ class HostedService:
         return await self._run(self._svc.start_session)
 
     async def terminate_session(self, sess_id: str) -> None:
-        await self._run(partial(self._svc.terminate_session, sess_id))
+        """Forget a session; idempotent, and a no-op once the service is shut down
+        (its sessions ended with it), as on :class:`Service`."""
+        with contextlib.suppress(ServiceClosedError):
+            await self._run(partial(self._svc.terminate_session, sess_id))
 
     def session(self) -> contextlib.AbstractAsyncContextManager[str]:
         """Every ``route()`` of this service inside the block goes to one replica."""

@@ -9,8 +9,9 @@ seed examples themselves are in ``test_seed_examples.py``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -28,6 +29,7 @@ from forge_sc.errors import (
 )
 from forge_sc.testing import FakeMesh
 
+from .actors import Counter
 from .conftest import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -400,3 +402,38 @@ class _Echo(ForgeActor):
     @endpoint
     async def echo(self, x: int) -> int:
         return x
+
+
+async def test_the_call_form_inside_a_session_block_is_sticky_on_as_service() -> None:
+    """``await svc.ep(None, ...)`` is ``route(...)``: inside ``session()`` it goes to
+    the block's replica, on the as_service() handle as on a Service."""
+    svc = await Counter.options(num_replicas=3).as_service(mesh=FakeMesh(seed=1))
+    try:
+        async with svc.session():
+            for _ in range(6):
+                await svc.incr(None)
+        values = sorted(await svc.value.fanout())
+        assert values == [0, 0, 6], values
+    finally:
+        await svc.shutdown()
+
+
+@pytest.mark.parametrize("body_raises", [False, True])
+async def test_an_as_service_session_block_ends_quietly_after_shutdown(body_raises: bool) -> None:
+    """The service was shut down inside the block: leaving it raises nothing of its
+    own (the sessions ended with the service), and the body's error comes out as it
+    is; terminate_session is a no-op then, as on a Service."""
+    svc = await Counter.options(num_replicas=2).as_service(mesh=FakeMesh(seed=1))
+    with pytest.raises(KeyError, match="the body's") if body_raises else _nothing():
+        async with svc.session():
+            await svc.incr.route()
+            await svc.shutdown()
+            if body_raises:
+                raise KeyError("the body's")
+    await svc.terminate_session("unknown")
+    await svc.terminate_session("unknown")
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
