@@ -9,9 +9,14 @@ more than copying it (measured here: writing 100 MB into a new tmpfs file ran at
 ~1.4 GB/s, into a mapping already faulted in at 5-10 GB/s). So a sender keeps its
 segments and reuses them (:class:`SegmentPool`). A reused segment must not change
 under a receiver that still holds a tensor on it: the first byte of each segment's
-header page says whether it is ``SENT`` (a receiver may hold it) or ``FREE``; the
-receiver's mapping writes ``FREE`` when it is released (the last tensor viewing it
-was freed), and only then may the sender write it again. A segment for several
+header page says whether it is ``SENT`` (on its way), ``MAPPED`` (a receiver holds
+it) or ``FREE``; the receiver writes ``MAPPED`` when it maps the segment and ``FREE``
+when its mapping is released (the last tensor viewing it was freed), and only then
+may the sender write it again. A segment is never removed while ``SENT`` to a
+receiver that may still map it: the sender frees the segments of a call that ended
+unmapped (the receiver died first, or the message was never sent:
+:meth:`SegmentPool.settle`), and a pool that cannot know (a replica's results) drops
+one left ``SENT`` for ``stale_after`` seconds only. A segment for several
 receivers (one message unpickled by every rank of a replica) is never reused: it is
 ``ONE_SHOT``, unlinked by the sender when the call ends.
 
@@ -34,6 +39,7 @@ import mmap
 import os
 import secrets
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -52,10 +58,11 @@ __all__ = [
 SHM_DIR = "/dev/shm"
 #: Bytes before a segment's data: one page, so that the data is page aligned.
 HEADER = mmap.PAGESIZE
-FREE, SENT, ONE_SHOT = 0, 1, 2
+FREE, SENT, ONE_SHOT, MAPPED = 0, 1, 2, 3
 #: Segment sizes are rounded up to this (so a segment fits tensors of nearby sizes).
 _GRAIN = 1 << 21
-#: Free segments a pool keeps, in bytes, and segments it tracks at most.
+#: Free segments a pool keeps, in bytes, and segments it tracks at most (beyond that
+#: it drops free and mapped ones, and stale ones where it has a ``stale_after``).
 _MAX_FREE_BYTES = 1 << 30
 _MAX_SEGMENTS = 16
 
@@ -92,11 +99,12 @@ def sweep(prefix: str) -> int:
 class _Segment:
     """The sender's own mapping of one segment (kept for reuse)."""
 
-    __slots__ = ("capacity", "mm", "name")
+    __slots__ = ("capacity", "mm", "name", "sent_at")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self.capacity = capacity
+        self.sent_at = 0.0
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -125,10 +133,13 @@ class SegmentPool:
 
     Thread-safe. ``acquire(nbytes, one_shot)`` returns a segment ready to be
     written (marked ``SENT``, or ``ONE_SHOT`` for several receivers).
+    ``stale_after``: seconds after which a segment still ``SENT`` may be dropped
+    (None: never; the sender settles its calls' segments itself).
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, stale_after: float | None = None) -> None:
         self.prefix = prefix
+        self._stale_after = stale_after
         self._lock = threading.Lock()
         self._segments: deque[_Segment] = deque()
         self._ids = itertools.count()
@@ -142,14 +153,24 @@ class SegmentPool:
             if self._closed:
                 raise RuntimeError("the segment pool is closed")
             seg = None if one_shot else self._reusable(nbytes)
+            fresh = seg is None
             if seg is None:
                 capacity = max(_GRAIN, -(-nbytes // _GRAIN) * _GRAIN)
                 seg = _Segment(f"{self.prefix}{os.getpid()}-{next(self._ids)}", capacity)
-                if not one_shot:
-                    self._segments.append(seg)
-                    self._trim()
-            seg.mm[0] = ONE_SHOT if one_shot else SENT
+            seg.mm[0] = ONE_SHOT if one_shot else SENT  # before a trim sees it
+            seg.sent_at = time.monotonic()
+            if fresh and not one_shot:
+                self._segments.append(seg)
+                self._trim()
             return seg
+
+    def settle(self, segments: list[_Segment]) -> None:
+        """The call that sent ``segments`` ended (or its message was never sent):
+        one its receiver did not map is free again (no one will map it now)."""
+        with self._lock:
+            for seg in segments:
+                if not seg.mm.closed and seg.mm[0] == SENT:
+                    seg.mm[0] = FREE
 
     def _reusable(self, nbytes: int) -> _Segment | None:
         best: _Segment | None = None
@@ -164,15 +185,22 @@ class SegmentPool:
 
     def _trim(self) -> None:
         free = sum(s.capacity for s in self._segments if s.mm[0] == FREE)
+        stale = None if self._stale_after is None else time.monotonic() - self._stale_after
         for seg in list(self._segments):
             too_many = len(self._segments) > _MAX_SEGMENTS
             if not too_many and free <= _MAX_FREE_BYTES:
                 break
-            if seg.mm[0] == FREE or too_many:
-                if seg.mm[0] == FREE:
-                    free -= seg.capacity
-                self._segments.remove(seg)
-                seg.drop()
+            st = seg.mm[0]
+            if st == FREE:
+                free -= seg.capacity
+            elif not too_many:
+                continue
+            elif st == SENT and (stale is None or seg.sent_at > stale):
+                continue  # its receiver may still map it: removing it would lose it
+            # Free, or held by its receiver (whose mapping outlives the name), or
+            # stale: no longer tracked for reuse.
+            self._segments.remove(seg)
+            seg.drop()
 
     def close(self) -> None:
         """Drop every segment (idempotent)."""
@@ -188,7 +216,7 @@ class Received(mmap.mmap):
 
     def __del__(self) -> None:
         try:
-            if not self.closed and self[0] == SENT:
+            if not self.closed and self[0] in (SENT, MAPPED):
                 self[0] = FREE
         except (ValueError, OSError):  # pragma: no cover - closed meanwhile
             pass
@@ -198,9 +226,12 @@ def receive(name: str, nbytes: int) -> Received:
     """Map segment ``name`` (header and ``nbytes`` of data) for reading and writing."""
     fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
     try:
-        return Received(fd, HEADER + nbytes, flags=mmap.MAP_SHARED)
+        mm = Received(fd, HEADER + nbytes, flags=mmap.MAP_SHARED)
     finally:
         os.close(fd)
+    if mm[0] == SENT:
+        mm[0] = MAPPED
+    return mm
 
 
 def state(name: str) -> Any:

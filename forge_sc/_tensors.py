@@ -65,6 +65,9 @@ __all__ = [
 
 #: Tensors of at least this many bytes go through shared memory (when available).
 SHM_MIN_BYTES = 1 << 20
+#: Seconds after which a replica's result segment that its caller never mapped may
+#: be dropped (see forge_sc._shm).
+RESULT_STALE_AFTER = 60.0
 #: Containers (tuples, lists, dicts) searched for tensors, at most this deep.
 MAX_DEPTH = 4
 #: Marks (True) the function Monarch runs for a ForgeActor endpoint: the user's own
@@ -156,22 +159,37 @@ class CallEncoding:
     tensor goes inline); ``receivers`` is how many processes unpickle each message
     (the ranks of a replica): with more than one, segments are one-shot and their
     names are collected in ``one_shot`` for the sender to remove when the call ends.
+    With ``per_call`` (one encoding per call, as the caller's side has), the call's
+    reusable segments are kept in ``sent`` for :meth:`release` to settle.
     """
 
-    __slots__ = ("one_shot", "pool", "receivers")
+    __slots__ = ("one_shot", "per_call", "pool", "receivers", "sent")
 
-    def __init__(self, pool: SegmentPool | None, receivers: int = 1) -> None:
+    def __init__(
+        self, pool: SegmentPool | None, receivers: int = 1, *, per_call: bool = False
+    ) -> None:
         self.pool = pool
         self.receivers = receivers
+        self.per_call = per_call
         self.one_shot: list[str] = []
+        self.sent: list[Any] = []
+
+    @property
+    def holds(self) -> bool:
+        """Whether the call has segments to release when it ends."""
+        return bool(self.one_shot or self.sent)
 
     def release(self) -> None:
-        """Remove this call's one-shot segments (every receiver mapped them by now,
-        or never will)."""
+        """The call ended (every receiver mapped its segments by now, or never
+        will): remove its one-shot segments, and free the reusable ones that no
+        receiver mapped (the replica died first, or the message never left)."""
         names, self.one_shot = self.one_shot, []
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(SHM_DIR, name))
+        sent, self.sent = self.sent, []
+        if sent and self.pool is not None:
+            self.pool.settle(sent)
 
 
 class _Wire:
@@ -227,6 +245,8 @@ class _Wire:
         if one_shot:
             enc.one_shot.append(seg.name)
             seg.mm.close()  # the sender keeps only the name, to remove it
+        elif enc.per_call:
+            enc.sent.append(seg)
         return (_from_segment, (seg.name, name, shape, nbytes, grad))
 
 
@@ -384,7 +404,14 @@ def _replica_encoding() -> CallEncoding:
         with _torch_lock:
             if _result_encoding is None:
                 prefix = os.environ.get(SHM_PREFIX_ENV)
-                pool = SegmentPool(prefix) if prefix and shm_available() else None
+                # A replica cannot know when its caller has mapped a result (a
+                # cancelled caller may never): one left unmapped for a minute is
+                # dropped once the pool is over its count.
+                pool = (
+                    SegmentPool(prefix, stale_after=RESULT_STALE_AFTER)
+                    if prefix and shm_available()
+                    else None
+                )
                 _result_encoding = CallEncoding(pool)
             enc = _result_encoding
     return enc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import threading
 from typing import Any
 
 import anyio
@@ -214,7 +215,7 @@ def test_large_tensors_go_through_shared_memory_and_the_segment_is_reused(pool: 
     assert _shm.state(name) == _shm.SENT
     y = pickle.loads(stream)[0]
     same(x, y)
-    assert _shm.state(name) == _shm.SENT  # the receiver holds it
+    assert _shm.state(name) == _shm.MAPPED  # the receiver holds it
     del y
     gc.collect()
     assert _shm.state(name) == _shm.FREE  # released with the last tensor on it
@@ -234,7 +235,7 @@ def test_rows_of_a_large_batch_share_one_segment_released_with_the_last_row(pool
     assert len(out) == 8 and all(torch.equal(a, b) for a, b in zip(rows, out, strict=True))
     del out[:7]
     gc.collect()
-    assert _shm.state(name) == _shm.SENT  # one row still views it
+    assert _shm.state(name) == _shm.MAPPED  # one row still views it
     del out
     gc.collect()
     assert _shm.state(name) == _shm.FREE
@@ -260,6 +261,57 @@ def test_one_shot_segments_for_several_receivers_are_removed_by_the_sender(pool:
     enc.release()  # the call ended
     assert files(pool.prefix) == []
     same(x, a)  # the receivers' mappings stay valid
+
+
+def test_segments_on_their_way_are_never_dropped_however_many(pool: Any) -> None:
+    """More segments sent and not yet mapped than the pool tracks (many calls in
+    flight, or one call with many large tensors): each must still be there for its
+    receiver; mapped and free ones are what the pool lets go."""
+    n = _tensors.SHM_MIN_BYTES // 4
+    # Of different sizes: rows of one size would share one segment.
+    xs = [torch.full((n + i,), float(i)) for i in range(_shm._MAX_SEGMENTS + 4)]
+    enc = _tensors.CallEncoding(pool, per_call=True)
+    stream = pickle.dumps(_tensors.encode_call(tuple(xs), {}, enc)[0], protocol=5)
+    assert len(files(pool.prefix)) == len(xs)
+    out = pickle.loads(stream)  # FileNotFoundError if one was dropped
+    assert all(torch.equal(a, b) for a, b in zip(xs, out, strict=True))
+    del out
+    gc.collect()
+    enc.release()
+    # The next new segment (none of the free ones fits it) trims the free ones.
+    roundtrip(torch.randn(8 * n), _tensors.CallEncoding(pool))
+    assert len(files(pool.prefix)) <= _shm._MAX_SEGMENTS
+
+
+def test_a_call_that_ended_unmapped_frees_its_segments(pool: Any) -> None:
+    """The message was never sent (an argument failed to pickle) or its replica
+    died before mapping it: the call's segments are free again, not held for the
+    replica's lifetime."""
+    enc = _tensors.CallEncoding(pool, per_call=True)
+    x = torch.randn(_tensors.SHM_MIN_BYTES // 4)
+    with pytest.raises(TypeError):
+        pickle.dumps(_tensors.encode_call((x, threading.Lock()), {}, enc)[0], protocol=5)
+    (name,) = files(pool.prefix)
+    assert _shm.state(name) == _shm.SENT
+    enc.release()
+    assert _shm.state(name) == _shm.FREE
+    again = _tensors.CallEncoding(pool, per_call=True)
+    same(x, pickle.loads(pickle.dumps(_tensors.encode_call((x,), {}, again)[0], protocol=5))[0])
+    assert files(pool.prefix) == [name]  # reused
+
+
+def test_a_result_left_unmapped_is_dropped_only_once_stale() -> None:
+    if not _shm.available():
+        pytest.skip("no /dev/shm here")
+    pool = _shm.SegmentPool(_shm.new_prefix(), stale_after=0.0)
+    try:
+        segs = [pool.acquire(10) for _ in range(_shm._MAX_SEGMENTS + 1)]
+        # Stale at once here: over the count, the oldest unmapped one goes.
+        assert len(pool) == _shm._MAX_SEGMENTS
+        assert _shm.state(segs[0].name) is None
+    finally:
+        pool.close()
+        _shm.sweep(pool.prefix)
 
 
 def test_sweep_removes_what_a_dead_process_left(pool: Any) -> None:

@@ -109,7 +109,7 @@ log = logging.getLogger(__name__)
 
 
 def _release_then(enc: CallEncoding, then: Callable[[], None]) -> None:
-    """An abandoned call resolved: remove its one-shot segments, then ``then()``."""
+    """An abandoned call resolved: release its segments, then ``then()``."""
     enc.release()
     then()
 
@@ -546,17 +546,22 @@ class MonarchReplica:
                     raise _file_argument(endpoint, f"argument {key!r}", arg)
         enc = None
         if torch_loaded():  # else no tensor can be among the arguments
-            enc = CallEncoding(self._shm_pool, self._ranks)
+            enc = CallEncoding(self._shm_pool, self._ranks, per_call=True)
             args, kwargs = encode_call(args, kwargs, enc)
         ep = getattr(self._actor, endpoint)
-        fut = ep.call_one(*args, **kwargs) if self._single else ep.call(*args, **kwargs)
+        try:
+            fut = ep.call_one(*args, **kwargs) if self._single else ep.call(*args, **kwargs)
+        except BaseException:
+            if enc is not None:  # pickled in part (an argument failed): never sent
+                enc.release()
+            raise
         token = 0
         on_abandoned = self._on_abandoned
         if endpoint in self._held:
             self._seq = token = self._seq + 1
             self._mailbox[token] = endpoint
             on_abandoned = partial(self._abandoned_settled, token)
-        if enc is not None and enc.one_shot:  # (known once the message is pickled)
+        if enc is not None and enc.holds:  # (known once the message is pickled)
             on_abandoned = partial(_release_then, enc, on_abandoned)
         try:
             value: Any = await wait(fut, self._group, on_abandoned)
@@ -574,15 +579,15 @@ class MonarchReplica:
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 token = 0  # abandoned: it holds the mailbox until it resolves
-                if enc is not None and enc.one_shot:
+                if enc is not None and enc.holds:
                     # The ranks may not have mapped its segments yet: they are
-                    # removed when the abandoned call resolves (or at stop()).
+                    # released when the abandoned call resolves (or at stop()).
                     enc = None
             raise
         finally:
             if token:
                 del self._mailbox[token]
-            if enc is not None and enc.one_shot:
+            if enc is not None and enc.holds:
                 enc.release()
         if self._single:
             return value if self._first else [value]

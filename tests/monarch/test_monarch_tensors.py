@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import threading
 from typing import Any
 
 import anyio
@@ -115,3 +116,38 @@ async def test_batched_tensor_rows_arrive_as_a_list_or_stacked_if_asked(endpoint
             same(r * 2, o)
         (batcher,) = [b for b in svc.statistics().batchers if b.endpoint == endpoint]
         assert batcher.items_sent == 8
+
+
+async def test_more_large_tensors_in_flight_than_a_pool_tracks_all_arrive() -> None:
+    """20 large tensors of different sizes (each its own segment) in one call, both
+    ways, and 20 callers at once: none of the segments on their way is lost."""
+    xs = {f"t{i}": torch.full((BIG + 1024 * i,), float(i)) for i in range(20)}
+    async with open_service(Tensors, num_replicas=1, replica_max_concurrent_requests=20) as svc:
+        out = await svc.echo.route(xs)
+        for k, x in xs.items():
+            same(x, out[k])
+        got: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            got[i] = await svc.echo.route(xs[f"t{i}"])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(one, i)
+        for i in range(20):
+            same(xs[f"t{i}"], got[i])
+    assert ours() == set()
+
+
+async def test_a_call_whose_arguments_fail_to_pickle_leaves_no_segment_held() -> None:
+    big = torch.randn(BIG)
+    async with open_service(Tensors, num_replicas=1) as svc:
+        same(big, await svc.echo.route(big))
+        gc.collect()
+        held = len(ours())
+        for _ in range(4):
+            with pytest.raises(TypeError, match="pickle"):
+                await svc.echo.route([big, threading.Lock()])
+        same(big, await svc.echo.route(big))
+        gc.collect()
+        assert len(ours()) == held  # the failed calls' segments were reused
