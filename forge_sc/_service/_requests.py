@@ -50,7 +50,12 @@ class Requests(Admission):
         so there, as a fan-out counts it) and is not re-sent.
         """
         if get_ident() != self._gate:  # closing, failed, or not the service's thread
-            self._refuse()
+            if also is None:
+                self._refuse()
+            elif self._forced or self._failed:
+                # A batch (its callers were admitted before the close, so it runs
+                # during the drain) refused past it: counted per caller, by the batcher.
+                self._check_open()
         # The metrics' clock, loaded once (CPython specializes an attribute load and a
         # call; not a method call of an attribute that is no method).
         clock = self._clock

@@ -136,3 +136,26 @@ async def test_a_cancelled_batched_caller_at_every_stage_leaves_nothing(stage: s
             scopes[1].cancel()
         assert results == [0.05]
         assert_idle(svc)
+
+
+async def test_a_batched_call_admitted_before_the_close_is_answered_in_the_drain() -> None:
+    """DESIGN §3, service closing: in-flight requests (from tasks outside the block
+    too) run to completion; a call waiting in its batch when the block is left is
+    one of them: its batch is sent during the drain, and it counts once."""
+    got: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        async with checked_service(graceful_shutdown_timeout=30.0) as svc:
+
+            async def outside() -> None:
+                got.append(await svc.bnap_patient.route(0.0))
+
+            tg.start_soon(outside)
+            await wait_for(
+                lambda: any(
+                    b.endpoint == "bnap_patient" and b.pending == 1
+                    for b in svc.statistics().batchers
+                )
+            )
+    assert got == [0.0]
+    stats = svc.statistics()
+    assert (stats.total_requests, stats.successful_requests, stats.failed_requests) == (1, 1, 0)
