@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio
 import pytest
 
@@ -48,6 +50,46 @@ class Model(ForgeActor):
         self.batches.append(list(xs))
         await anyio.sleep(max(xs))
         return xs
+
+
+class Shapes(ForgeActor):
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[int], object]] = []
+
+    @service_endpoint(batch_size=4, batch_timeout=60.0)
+    async def f(self, xs: list[int], scale: list[int] | None = None) -> list[int]:
+        self.batches.append((list(xs), scale))
+        return xs
+
+
+async def test_a_batch_is_full_with_batch_size_calls_of_one_shape() -> None:
+    """Three calls of one shape and one of another do not make a full batch: the
+    three wait for a fourth of their shape (then go at once, a flush by size),
+    whichever of them came first."""
+    mesh = FakeMesh(seed=1)
+    async with open_service(Shapes, mesh=mesh) as svc:
+        got: list[object] = []
+
+        async def call(*args: object, **kwargs: object) -> None:
+            got.append(await svc.f.route(*args, **kwargs))
+
+        async with anyio.create_task_group() as tg:
+            for i in (1, 2, 3):
+                tg.start_soon(call, i)
+            tg.start_soon(partial(call, 4, scale=0))
+            await wait_for(lambda: svc.statistics().batchers[0].pending == 4)
+            for _ in range(20):  # turns for a wrong early flush to happen
+                await anyio.lowlevel.checkpoint()
+            assert mesh.actor(0).batches == []
+            tg.start_soon(call, 9)
+            await wait_for(lambda: len(got) == 4)
+            # (trio starts the first four tasks in any order)
+            assert [(sorted(xs), scale) for xs, scale in mesh.actor(0).batches] == [
+                ([1, 2, 3, 9], None)
+            ]
+            (b,) = svc.statistics().batchers
+            assert (b.flushes_by_size, b.flushes_by_timeout, b.pending) == (1, 0, 1)
+            tg.cancel_scope.cancel()  # the odd one out would wait its 60 s
 
 
 def all_batches(mesh: FakeMesh, n: int) -> list[list[object]]:

@@ -222,8 +222,7 @@ class Batcher:
         try:
             async with anyio.create_task_group() as tg:
                 while True:
-                    await self._wait_for_batch()
-                    batch = self._take()
+                    batch = self._take(await self._wait_for_batch())
                     if batch is not None:
                         tg.start_soon(self._send, batch)
         finally:
@@ -239,44 +238,63 @@ class Batcher:
                     item.error = error
                     item.done.set()
 
-    async def _wait_for_batch(self) -> None:
+    async def _wait_for_batch(self) -> Any:
+        """Wait until a batch is due: ``batch_size`` calls of one shape (that shape
+        is returned), or ``batch_timeout`` after the oldest call (None: its shape)."""
         pending = self._pending
         while True:
             while not pending:
                 self._wake = self._kit.new()
                 await self._wake.wait()
-            if len(pending) >= self._size:
+            full = self._full()
+            if full is not None:
                 self._by_size += 1
-                return
+                return full
             # The deadline belongs to the oldest waiting item: when that caller
             # leaves (without waking us), the next item's own deadline applies.
             first = pending[0]
             with anyio.move_on_at(first.t + self._timeout):
-                while len(pending) < self._size and pending and pending[0] is first:
+                while pending and pending[0] is first and full is None:
                     self._wake = self._kit.new()
                     await self._wake.wait()
+                    full = self._full()
+            if full is not None:
+                self._by_size += 1
+                return full
             if not pending or pending[0] is not first:
                 continue
-            if len(pending) >= self._size:
-                self._by_size += 1
-            else:
-                self._by_timeout += 1
-            return
+            self._by_timeout += 1
+            return None
 
-    def _take(self) -> _Batch | None:
+    def _full(self) -> Any:
+        """The shape of which ``batch_size`` calls wait (the oldest such), or None.
+        Only calls of one shape make a batch; the others wait for their own."""
+        pending = self._pending
+        size = self._size
+        if len(pending) < size:
+            return None
+        counts: dict[Any, int] = {}
+        for item in pending:
+            key = _shape(item)
+            n = counts.get(key, 0) + 1
+            if n == size:
+                return key
+            counts[key] = n
+        return None
+
+    def _take(self, shape: Any = None) -> _Batch | None:
+        """Up to ``batch_size`` pending calls of ``shape`` (default: the oldest
+        call's), in order; the others keep their places."""
         pending = self._pending
         if not pending:
             return None
-        # Calls of one batch have the same shape: as many positional arguments, the
-        # same keyword names (those of another shape keep their place).
-        first = pending[0]
-        nargs, keys = len(first.args), first.kwargs.keys()
+        if shape is None:
+            shape = _shape(pending[0])
         batch: list[_Item] = []
         keep: list[_Item] = []
         while pending and len(batch) < self._size:
             item = pending.popleft()
-            same = len(item.args) == nargs and item.kwargs.keys() == keys
-            (batch if same else keep).append(item)
+            (batch if _shape(item) == shape else keep).append(item)
         pending.extendleft(reversed(keep))
         taken = _Batch(batch)
         for item in batch:
@@ -367,3 +385,9 @@ class Batcher:
             else:
                 item.error = error
             item.done.set()
+
+
+def _shape(item: _Item) -> Any:
+    """What calls of one batch share: as many positional arguments, the same keyword
+    names."""
+    return (len(item.args), frozenset(item.kwargs)) if item.kwargs else len(item.args)
