@@ -242,15 +242,17 @@ def _count_buckets(latencies: list[float], hist: Counter[int]) -> None:
 
 
 def percentile(hist: dict[int, int], q: float) -> float:
-    """The ``q`` quantile (0..1) of a merged histogram, 0.0 when empty."""
+    """The ``q`` quantile (0..1) of a merged histogram by nearest rank (the
+    ``ceil(q * n)``-th smallest latency's bucket: p99 of 2 latencies is the larger,
+    as of any n <= 100 the largest), 0.0 when empty."""
     n = sum(hist.values())
     if n == 0:
         return 0.0
-    rank = q * (n - 1)
+    rank = max(1, math.ceil(q * n - 1e-9))  # (0.99 * 100 must be 99, not 99.0000001)
     seen = 0
     for b in sorted(hist):
         seen += hist[b]
-        if seen > rank:
+        if seen >= rank:
             return math.exp((b + 0.5) / _K)
     return math.exp((max(hist) + 0.5) / _K)  # pragma: no cover - unreachable
 

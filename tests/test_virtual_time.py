@@ -93,3 +93,22 @@ async def test_metrics_follow_virtual_time() -> None:
         stats = svc.statistics()
         assert stats.request_rate == 0.0 and stats.avg_latency == 0.0
         assert stats.total_requests == 5
+
+
+@pytest.mark.parametrize(
+    ("naps", "p50", "p99"),
+    [([1.0, 10.0], 1.0, 10.0), ([0.1] * 9 + [5.0], 0.1, 5.0), ([0.1] * 98 + [5.0] * 2, 0.1, 5.0)],
+)
+async def test_latency_percentiles_are_nearest_rank(
+    naps: list[float], p50: float, p99: float
+) -> None:
+    """Exact latencies in virtual time: p99 of fewer than 100 requests is the
+    slowest one's (never below the mean), within the histogram's 2.5%."""
+    async with open_service(Counter, num_replicas=1, mesh=FakeMesh(seed=1)) as svc:
+        for seconds in naps:
+            await svc.nap.route(seconds)
+        s = svc.get_metrics_summary()["replicas"][0]
+        stats = svc.statistics()
+    assert stats.p50_latency == pytest.approx(p50, rel=0.025)
+    assert stats.p99_latency == pytest.approx(p99, rel=0.025)
+    assert s["avg_latency"] == pytest.approx(sum(naps) / len(naps))
