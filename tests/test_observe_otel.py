@@ -38,8 +38,9 @@ def _points(reader: InMemoryMetricReader, service: str) -> dict[str, dict[Any, A
     """metric name -> {attributes other than the service (as a sorted tuple): value};
     a histogram point's value is its count."""
     data = reader.get_metrics_data()
-    assert data is not None
     out: dict[str, dict[Any, Any]] = {}
+    if data is None:  # nothing observed
+        return out
     for rm in data.resource_metrics:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
@@ -133,6 +134,22 @@ async def test_batches_are_counted_per_endpoint() -> None:
     assert got["forge_sc.batch.items"] == {endpoint: 8}
     assert got["forge_sc.requests"][(("forge_sc.outcome", "ok"),)] == 8
     assert "forge_sc.request.duration" not in got
+
+
+async def test_metrics_turned_off_and_on_again_on_one_provider_report_again() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    otel.enable_metrics(provider)
+    async with open_service(Counter, num_replicas=1, mesh=FakeMesh(seed=1)) as svc:
+        name = service_name(svc)
+        for _ in range(3):
+            await svc.incr.route()
+        assert _points(reader, name)["forge_sc.requests"][(("forge_sc.outcome", "ok"),)] == 3
+        otel.disable()
+        assert _points(reader, name) == {}
+        otel.enable_metrics(provider)
+        await svc.incr.route()
+        assert _points(reader, name)["forge_sc.requests"][(("forge_sc.outcome", "ok"),)] == 4
 
 
 def _tracing() -> tuple[TracerProvider, InMemorySpanExporter]:

@@ -62,7 +62,6 @@ DURATION_BUCKETS = (
 _clock = time.perf_counter
 _tracer: trace.Tracer | None = None
 _histogram: metrics.Histogram | None = None
-_generation = 0  # bumped by disable(): instruments of an older generation go quiet
 # id(meter provider) -> (the provider, its instruments); the provider is kept so that
 # its id cannot be reused by another one.
 _hooks: dict[int, tuple[metrics.MeterProvider, _MeterHook]] = {}
@@ -83,7 +82,10 @@ class _MeterHook:
     the same collection reuse it, so one collection reads each service once."""
 
     def __init__(self, meter: metrics.Meter) -> None:
-        self._generation = _generation
+        #: Off after disable(), on again with enable_metrics() on the same provider:
+        #: the SDK keeps an instrument once registered (a second registration of the
+        #: name returns the first, with its callbacks), so the hook itself stays.
+        self.enabled = True
         self._snapshots: list[tuple[str, Any]] = []
         self._taken = 0.0
         for i, family in enumerate(FAMILIES):
@@ -114,7 +116,7 @@ class _MeterHook:
 
     def _callback(self, family: Family, *, first: bool) -> Any:
         def callback(options: CallbackOptions) -> Iterable[Observation]:
-            if self._generation != _generation:
+            if not self.enabled:
                 return []
             if first or _clock() - self._taken > 1.0:
                 self._refresh()
@@ -159,8 +161,10 @@ def enable_metrics(
     provider = meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter("forge_sc", _version())
     known = _hooks.get(id(provider))
-    if known is None or known[1]._generation != _generation:
+    if known is None:
         _hooks[id(provider)] = (provider, _MeterHook(meter))
+    else:
+        known[1].enabled = True
     if latency_histogram:
         _histogram = meter.create_histogram(
             "forge_sc.request.duration",
@@ -187,12 +191,13 @@ def enable_tracing(tracer_provider: trace.TracerProvider | None = None) -> None:
 
 def disable() -> None:
     """Services opened from now on have no per-request feature; the observable
-    instruments registered so far report nothing more."""
-    global _tracer, _histogram, _generation
+    instruments registered so far report nothing more, until ``enable_metrics()``
+    turns them on again."""
+    global _tracer, _histogram
     _tracer = None
     _histogram = None
-    _generation += 1
-    _hooks.clear()
+    for _, hook in _hooks.values():
+        hook.enabled = False
     _update_attach()
 
 
