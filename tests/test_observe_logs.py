@@ -116,3 +116,20 @@ async def test_a_scale_up_that_cannot_start_is_logged(caplog: pytest.LogCaptureF
             await svc.scale_to(2)
     failed = [r for r in _events(caplog) if r.event == "service.scale_failed"]  # type: ignore[attr-defined]
     assert [(r.old, r.new, r.levelname) for r in failed] == [(1, 2, "WARNING")]  # type: ignore[attr-defined]
+
+
+async def test_a_warm_spare_that_fails_to_start_is_a_replica_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="forge_sc")
+    mesh = FakeMesh(seed=1)
+    mesh.fail_spawns(-1, 1)  # spares spawn as index -1 until promoted
+    async with open_service(
+        Counter, num_replicas=1, spare_replicas=1, mesh=mesh, restart_backoff=0.01
+    ) as svc:
+        name = service_name(svc)
+        await wait_for(lambda: svc.statistics().ready_spares == 1)
+    (failed,) = [r for r in _events(caplog) if r.event == "replica.spare_failed"]  # type: ignore[attr-defined]
+    assert failed.name == "forge_sc.replica" and failed.levelno == logging.WARNING
+    assert (failed.service, failed.stage) == (name, "start")  # type: ignore[attr-defined]
+    assert "injected" in failed.cause  # type: ignore[attr-defined]

@@ -19,7 +19,6 @@ backoff, capped; a spare's death or failure never touches the replicas in rotati
 
 from __future__ import annotations
 
-import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,8 +28,6 @@ import anyio
 from ..mesh._protocol import MeshReplica
 
 __all__ = ["Relay", "Spare", "SparePool"]
-
-log = logging.getLogger("forge_sc")
 
 
 def _noop() -> None:
@@ -75,8 +72,12 @@ class SparePool:
         rng: random.Random,
         poll: float,
         timeout: float,
+        on_failure: Callable[[str, BaseException], None] = lambda stage, exc: None,
     ) -> None:
         self.size = size
+        #: Told of a spare that failed to start (``"start"``) or a health check
+        #: (``"health"``): the service logs it.
+        self._on_failure = on_failure
         self._start = start
         self._backoff = backoff
         self._max_backoff = max_backoff
@@ -118,7 +119,7 @@ class SparePool:
             except Exception as exc:
                 failures += 1
                 delay = min(self._backoff * 2 ** (failures - 1), self._max_backoff)
-                log.warning("forge_sc: a warm spare failed to start (%r); retrying", exc)
+                self._on_failure("start", exc)
                 await anyio.sleep(delay * self._rng.uniform(0.5, 1.0))
                 continue
             failures = 0
@@ -140,7 +141,7 @@ class SparePool:
                         await spare.handle.ping()
                 except Exception as exc:  # dead (ReplicaGone), hung (TimeoutError), ...
                     if not spare.taken:
-                        log.warning("forge_sc: a warm spare failed (%r); replacing it", exc)
+                        self._on_failure("health", exc)
                         spare.done.set()
         finally:
             if not spare.taken:

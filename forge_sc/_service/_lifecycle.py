@@ -10,6 +10,7 @@ restart budget.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
+from functools import partial
 
 import anyio
 import anyio.abc
@@ -81,6 +82,7 @@ class Lifecycle(Admission):
             rng=self._rng,
             poll=c.health_poll_rate,
             timeout=c.health_timeout,
+            on_failure=partial(_events.spare_failed, self),
         )
 
     def _start_spare(self, relay: Relay) -> Awaitable[MeshReplica]:

@@ -129,6 +129,21 @@ def replica_promoted(svc: Any, idx: int, incarnation: int) -> None:
     )
 
 
+def spare_failed(svc: Any, stage: str, cause: BaseException) -> None:
+    """A warm spare failed to start (``stage`` "start"; retried with back-off) or a
+    health check (``"health"``; replaced). No replica index: a spare has none yet."""
+    what = "failed to start; retrying" if stage == "start" else "failed; replacing it"
+    _emit(
+        REPLICA_LOGGER,
+        logging.WARNING,
+        "replica.spare_failed",
+        svc,
+        f"a warm spare {what}: {_first_line(cause)}",
+        stage=stage,
+        cause=str(cause),
+    )
+
+
 def replica_spawn_failed(svc: Any, idx: int, incarnation: int, cause: BaseException) -> None:
     _emit(
         REPLICA_LOGGER,
