@@ -99,12 +99,14 @@ def sweep(prefix: str) -> int:
 class _Segment:
     """The sender's own mapping of one segment (kept for reuse)."""
 
-    __slots__ = ("capacity", "mm", "name", "sent_at")
+    __slots__ = ("capacity", "gen", "mm", "name", "sent_at")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
         self.capacity = capacity
         self.sent_at = 0.0
+        #: One more per send: a late ``settle`` of an earlier send must not free it.
+        self.gen = 0
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -159,17 +161,20 @@ class SegmentPool:
                 seg = _Segment(f"{self.prefix}{os.getpid()}-{next(self._ids)}", capacity)
             seg.mm[0] = ONE_SHOT if one_shot else SENT  # before a trim sees it
             seg.sent_at = time.monotonic()
+            seg.gen += 1
             if fresh and not one_shot:
                 self._segments.append(seg)
                 self._trim()
             return seg
 
-    def settle(self, segments: list[_Segment]) -> None:
-        """The call that sent ``segments`` ended (or its message was never sent):
-        one its receiver did not map is free again (no one will map it now)."""
+    def settle(self, sends: list[tuple[_Segment, int]]) -> None:
+        """The call that made ``sends`` (each a segment and its ``gen`` when it was
+        acquired) ended, or its message was never sent: a segment its receiver did
+        not map is free again (no one will map it now). One reused since (its
+        receiver released it, and another call sent it) is not touched."""
         with self._lock:
-            for seg in segments:
-                if not seg.mm.closed and seg.mm[0] == SENT:
+            for seg, gen in sends:
+                if seg.gen == gen and not seg.mm.closed and seg.mm[0] == SENT:
                     seg.mm[0] = FREE
 
     def _reusable(self, nbytes: int) -> _Segment | None:

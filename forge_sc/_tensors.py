@@ -246,7 +246,7 @@ class _Wire:
             enc.one_shot.append(seg.name)
             seg.mm.close()  # the sender keeps only the name, to remove it
         elif enc.per_call:
-            enc.sent.append(seg)
+            enc.sent.append((seg, seg.gen))
         return (_from_segment, (seg.name, name, shape, nbytes, grad))
 
 

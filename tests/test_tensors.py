@@ -300,6 +300,25 @@ def test_a_call_that_ended_unmapped_frees_its_segments(pool: Any) -> None:
     assert files(pool.prefix) == [name]  # reused
 
 
+def test_a_late_settle_of_an_earlier_call_leaves_a_reused_segment_alone(pool: Any) -> None:
+    """Call A's receiver released its segment, call B reused it and is on its way;
+    A's caller-side release comes only now: B's segment must stay SENT, or a third
+    call would overwrite it under B's receiver."""
+    x = torch.randn(_tensors.SHM_MIN_BYTES // 4)
+    a = _tensors.CallEncoding(pool, per_call=True)
+    got = pickle.loads(pickle.dumps(_tensors.encode_call((x,), {}, a)[0], protocol=5))[0]
+    del got
+    gc.collect()  # A's receiver released it: FREE
+    b = _tensors.CallEncoding(pool, per_call=True)
+    stream = pickle.dumps(_tensors.encode_call((x * 2,), {}, b)[0], protocol=5)
+    (name,) = files(pool.prefix)  # B reused it
+    a.release()  # A ends late
+    assert _shm.state(name) == _shm.SENT
+    c = _tensors.CallEncoding(pool, per_call=True)
+    pickle.dumps(_tensors.encode_call((x * 3,), {}, c)[0], protocol=5)
+    same(x * 2, pickle.loads(stream)[0])  # B arrives intact
+
+
 def test_a_result_left_unmapped_is_dropped_only_once_stale() -> None:
     if not _shm.available():
         pytest.skip("no /dev/shm here")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import anyio
 import torch
+from monarch.actor import concurrent_endpoint
 
 from forge_sc import ForgeActor, endpoint, service_endpoint
 
@@ -41,3 +43,10 @@ class Tensors(ForgeActor):
     async def stacked(self, xs: Any) -> Any:
         assert type(xs) is torch.Tensor and xs.dim() == 2, type(xs)  # opt-in: stacked
         return xs * 2
+
+    @concurrent_endpoint
+    async def check(self, t: torch.Tensor, i: int, delay: float) -> Any:
+        """Calls overlap: what the argument held on arrival and after ``delay``."""
+        first = (float(t[0]), float(t[-1]))
+        await anyio.sleep(delay)
+        return first, (float(t[0]), float(t[-1])), torch.full_like(t, float(2 * i))

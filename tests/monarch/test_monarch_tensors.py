@@ -151,3 +151,27 @@ async def test_a_call_whose_arguments_fail_to_pickle_leaves_no_segment_held() ->
         same(big, await svc.echo.route(big))
         gc.collect()
         assert len(ours()) == held  # the failed calls' segments were reused
+
+
+async def test_concurrent_large_tensors_each_arrive_as_sent() -> None:
+    """Segments are reused between calls as their receivers release them: with many
+    overlapping calls, no call's data is overwritten by another's, on its way or
+    while its endpoint holds it (a late release of one call once freed a segment that
+    another call had reused and was sending)."""
+    n = 200
+    wrong: list[Any] = []
+    async with open_service(Tensors, num_replicas=2, replica_max_concurrent_requests=20) as svc:
+
+        async def one(i: int) -> None:
+            t = torch.full((SHM_MIN_BYTES // 2,), float(i))  # 2 MiB
+            seen, later, out = await svc.check.route(t, i, (0.0, 0.02, 0.2)[i % 3])
+            if seen != (i, i) or later != (i, i) or not torch.equal(out, t * 2):
+                wrong.append((i, seen, later, float(out[0]) / 2))
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+                    if i % 25 == 0:  # in waves: releases and new sends interleave
+                        await anyio.sleep(0.05)
+    assert wrong == []
