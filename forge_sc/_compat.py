@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-import weakref
+import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from concurrent.futures import Future as ConcurrentFuture
 from contextvars import ContextVar
@@ -41,6 +42,7 @@ from ._options import ActorOptions
 from ._routing import Router
 from ._service._context import BlockSession, EnterOnce
 from ._service._handle import ServiceEndpoint
+from ._service._scope import ServiceScope
 from ._shims._monarch import SupervisionError
 from ._spec import collect_endpoints
 from .errors import ServiceClosedError
@@ -229,17 +231,36 @@ async def start_hosted_service(
     and return its handle once every replica is healthy. Errors (bad configuration,
     ``ServiceFailedError``) are raised here and leave nothing running."""
     host = _ServiceHost()
-    # Shielded: if the caller is cancelled meanwhile, the host is stopped below.
-    with anyio.CancelScope(shield=True):
-        svc = await anyio.to_thread.run_sync(host.start, configured, args, kwargs)
-    handle = HostedService(host, svc)
-    try:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-    except BaseException:
+    outcome: list[Any] = []  # the Service, or start()'s exception
+    finished = anyio.Event()
+
+    async def run_start() -> None:
+        # Shielded: the thread is joined, never left behind; a cancelled caller
+        # ends the start-up through host.cancel_start() instead.
         with anyio.CancelScope(shield=True):
-            await handle.shutdown()
+            try:
+                outcome.append(await anyio.to_thread.run_sync(host.start, configured, args, kwargs))
+            except BaseException as exc:
+                outcome.append(exc)
+        finished.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_start)
+            try:
+                await finished.wait()
+            except BaseException:
+                host.cancel_start()
+                raise
+    except BaseException:
+        if outcome and not isinstance(outcome[0], BaseException):  # started meanwhile
+            with anyio.CancelScope(shield=True):
+                await HostedService(host, outcome[0]).shutdown()
         raise
-    return handle
+    (result,) = outcome
+    if isinstance(result, BaseException):
+        raise result
+    return HostedService(host, result)
 
 
 class _ServiceHost:
@@ -249,9 +270,13 @@ class _ServiceHost:
         self._stack = contextlib.ExitStack()
         self._lock = threading.Lock()
         self._closed = False
+        self._done = threading.Event()  # the close has ended (for a concurrent close)
         self._finished = False  # the host's loop has ended: nothing changes the service
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.thread: int | None = None  # the host loop's thread
         self.portal: anyio.from_thread.BlockingPortal | None = None
+        self._scope: ServiceScope | None = None  # being entered, while starting
+        self._start_cancelled = False
 
     def start(
         self, configured: ActorOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -261,26 +286,47 @@ class _ServiceHost:
             portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal("asyncio"))
             self.portal = portal
             self._loop = portal.call(asyncio.get_running_loop)
+            self.thread = portal.call(threading.get_ident)
             # Built inside the portal: the service's primitives belong to its loop.
             scope = portal.call(partial(open_service, configured, *args, **kwargs))
+            with self._lock:
+                self._scope = scope
+                cancelled = self._start_cancelled
+            if cancelled:
+                portal.call(scope._cancel_start)
             svc: Service = self._stack.enter_context(portal.wrap_async_context_manager(scope))
         except BaseException:
             self._end()
             raise
+        finally:
+            with self._lock:
+                self._scope = None
         _live_hosts.add(self)
         return svc
+
+    def cancel_start(self) -> None:
+        """Any thread: end a start-up in progress (its caller was cancelled)."""
+        with self._lock:
+            self._start_cancelled = True
+            scope, loop = self._scope, self._loop
+        if scope is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(scope._cancel_start)
 
     def close(self) -> None:
         """Worker thread: leave the service (graceful drain), then stop the portal."""
         with self._lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
+        if not first:  # another caller closes it: returns once that close has ended
+            self._done.wait()
+            return
         _live_hosts.discard(self)
         try:
             self._end()
         finally:
             self._finished = True
+            self._done.set()
 
     def _end(self) -> None:
         """Stop the portal (which joins its thread), then join the worker threads its
@@ -291,20 +337,20 @@ class _ServiceHost:
             if self._loop is not None and getattr(t, "loop", None) is self._loop:
                 t.join(timeout=10.0)
 
-    def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> ConcurrentFuture[T]:
+    def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> ConcurrentFuture[_Boxed]:
         portal = self.portal
         if portal is None or self._closed:
             raise ServiceClosedError("the service was shut down; start a new one")
         try:
-            return portal.start_task_soon(fn)
+            return portal.start_task_soon(_boxed, fn)
         except RuntimeError as exc:  # the portal is no longer running
             raise ServiceClosedError("the service was shut down; start a new one") from exc
 
     def call_sync(self, fn: Callable[[], T]) -> T:
         """Run a synchronous read (``statistics()``, ``replicas``) in the host thread;
         once the service has ended there, read it here (nothing changes it any more)."""
-        if self._finished:
-            return fn()
+        if self._finished or threading.get_ident() == self.thread:
+            return fn()  # ended, or called from the host's own loop (an endpoint)
         portal = self.portal
         if portal is None or self._closed:
             raise ServiceClosedError(
@@ -313,13 +359,37 @@ class _ServiceHost:
         return portal.call(fn)
 
 
-_live_hosts: weakref.WeakSet[_ServiceHost] = weakref.WeakSet()
+#: Hosts not shut down yet, held strongly: a handle dropped without ``shutdown()``
+#: leaves its service running until the interpreter exits (and warns), rather than
+#: having it torn down, undrained, by whichever thread the garbage collector runs in
+#: (in the host's own, it could not be joined).
+_live_hosts: set[_ServiceHost] = set()
+
+_Boxed = tuple[bool, Any]
+
+
+async def _boxed(fn: Callable[[], Coroutine[Any, Any, T]]) -> _Boxed:
+    """Run ``fn`` in the host's portal, its outcome boxed: a BaseException that is
+    not a cancellation (a router's KeyboardInterrupt) would otherwise end the
+    portal's task group, the service, and every other caller's call with it."""
+    try:
+        return True, await fn()
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:
+        return False, exc
 
 
 def _close_forgotten_hosts() -> None:
-    # A portal thread never shut down would keep the interpreter from exiting.
+    # A portal thread never shut down would keep the interpreter from exiting. Each
+    # is closed whatever another's close raises (a service that had failed).
     for host in list(_live_hosts):
-        host.close()
+        try:
+            host.close()
+        except Exception as exc:
+            logging.getLogger("forge_sc.service").warning(
+                "closing a service left open at exit: %s: %s", type(exc).__name__, exc
+            )
 
 
 # Runs before the interpreter joins its worker threads (plain atexit runs after).
@@ -439,7 +509,21 @@ class HostedService:
         return f"<HostedService {self._svc!r}>"
 
     async def _run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        return await _await_future(self._host.submit(fn))
+        if threading.get_ident() == self._host.thread:  # from an endpoint of its own
+            return await fn()
+        ok, value = await _await_future(self._host.submit(fn))
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def __del__(self) -> None:
+        if not self._host._closed:
+            warnings.warn(
+                f"{self!r} was dropped without shutdown(); its service runs until the "
+                "interpreter exits. Call `await svc.shutdown()` when done with it.",
+                ResourceWarning,
+                stacklevel=1,
+            )
 
     @property
     def config(self) -> Any:

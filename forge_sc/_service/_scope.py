@@ -55,6 +55,14 @@ class ServiceScope:
         self._svc = svc
         self._tg: anyio.abc.TaskGroup | None = None
         self._task: Any = None
+        self._start_cancelled = False
+
+    def _cancel_start(self) -> None:
+        """From the service's loop: end the start-up (``as_service()``'s caller was
+        cancelled, in another thread); ``__aenter__`` raises the cancellation."""
+        self._start_cancelled = True
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
 
     async def __aenter__(self) -> Service:
         if self._tg is not None:
@@ -73,6 +81,8 @@ class ServiceScope:
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         self._svc._body_scope = tg.cancel_scope
+        if self._start_cancelled:
+            tg.cancel_scope.cancel()
         try:
             _registry.opened(self._svc)  # exporters see it from now on (forge_sc.observe)
             await tg.start(self._svc._run)
