@@ -369,9 +369,15 @@ def test_fault_injection_takes_only_sensible_values() -> None:
             mesh.crash(bad_idx)
         with pytest.raises(TypeError, match="replica index is an int"):
             mesh.slow(bad_idx, 1.0)
-    for bad_delay in (-1, float("nan")):
+    for bad_delay in (-1, float("nan"), 10**400):
         with pytest.raises(ValueError, match="spawn_delay"):
             FakeMesh(spawn_delay=bad_delay)
+    with pytest.raises(ValueError, match="finite seconds"):
+        mesh.slow(0, 10**400)  # an int no float holds: not an OverflowError
+    with pytest.raises(KeyError, match="no incarnation"):
+        mesh.crash(0)
+    with pytest.raises(KeyError, match="no warm spare"):
+        mesh.hang(-1)
     with pytest.raises(TypeError, match="spawn_delay"):
         FakeMesh(spawn_delay="x")
     with pytest.raises(TypeError, match="seed"):
@@ -396,3 +402,67 @@ async def test_a_class_monarch_refuses_names_the_users_endpoints() -> None:
     assert "mixes both async and sync" in message  # Monarch's own words
     assert "_forge_sc" not in message  # not forge_sc's hidden tracing twins
     assert "generator endpoint(s) ['gen']" in message
+
+
+class Ranks(ForgeActor):
+    def __init__(self) -> None:
+        self.arrived = 0
+
+    @endpoint
+    async def meet(self) -> str:
+        # A collective: each rank waits for the other (the ranks share nothing here
+        # but a module-level gate, as processes share a rendezvous).
+        _GATE.append(self)
+        if len(_GATE) == 2:
+            _BOTH[0].set()
+        with anyio.fail_after(10):
+            await _BOTH[0].wait()
+        return "met"
+
+
+_GATE: list[Any] = []
+_BOTH: list[anyio.Event] = []
+
+
+async def test_the_ranks_of_a_replica_run_a_call_at_the_same_time() -> None:
+    """As a replica's processes do: a collective of two ranks completes (run one
+    after the other, the first rank waited for the second forever)."""
+    _GATE.clear()
+    _BOTH[:] = [anyio.Event()]
+    async with open_service(
+        Ranks, procs=2, return_first_rank_result=False, mesh=FakeMesh(seed=1)
+    ) as svc:
+        assert await svc.meet.route() == ["met", "met"]
+
+
+async def _recovery_order(seed: int) -> list[tuple[int, float]]:
+    mesh = FakeMesh(seed=seed)
+    async with open_service(
+        Sleeper, num_replicas=2, mesh=mesh, restart_backoff=2.0, health_poll_rate=0.5
+    ) as svc:
+        t0 = anyio.current_time()
+        mesh.crash(0)
+        mesh.crash(1)
+        healthy: dict[int, float] = {}
+        with anyio.fail_after(60):
+            while len(healthy) < 2:
+                for r in svc.replicas:
+                    if r.healthy and r.restarts == 1 and r.idx not in healthy:
+                        healthy[r.idx] = round(anyio.current_time() - t0, 6)
+                await anyio.sleep(0.01)
+        return sorted(healthy.items())
+
+
+def test_replicas_dying_together_recover_alike_under_one_seed() -> None:
+    """Each replica draws its backoff jitter from its own generator (seed, index):
+    trio runs the two supervisors in either order, and the delays are the same."""
+    import trio
+    import trio.testing
+
+    runs = {
+        tuple(
+            trio.run(_recovery_order, 11, clock=trio.testing.MockClock(autojump_threshold=0))
+        )
+        for _ in range(8)
+    }
+    assert len(runs) == 1, runs

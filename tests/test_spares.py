@@ -337,3 +337,23 @@ async def test_the_mesh_is_asked_for_room_for_replicas_and_spares() -> None:
     async with open_service(Who, num_replicas=2, spare_replicas=1, mesh=RoomMesh(seed=1)):
         pass
     assert asked == [3]
+
+
+async def test_a_spare_that_died_while_waiting_is_never_promoted() -> None:
+    """The spare dies (``crash(-1)``: the oldest waiting spare), then a replica,
+    sooner than the spare's next health check: the dead spare is not promoted (it
+    would die at once, costing the replica a second restart of its budget)."""
+    mesh = FakeMesh(seed=1, spawn_delay=SPAWN)
+    async with open_service(
+        Who, num_replicas=1, spare_replicas=1, mesh=mesh, health_poll_rate=30.0,
+        health_timeout=30.0, max_restarts=1,
+    ) as svc:  # fmt: skip
+        await _ready(svc)
+        spare = mesh.actor(-1)
+        mesh.crash(-1)
+        await wait_for(lambda: svc.statistics().ready_spares == 0)  # at once, not at a ping
+        mesh.crash(0)
+        await wait_for(lambda: svc.replicas[0].healthy and svc.replicas[0].restarts == 1)
+        assert mesh.actor(0) is not spare
+        assert svc.statistics().restarts == 1
+        assert await svc.me.route() == id(mesh.actor(0))

@@ -104,6 +104,16 @@ class SparePool:
             return spare
         return None
 
+    async def _watch_death(self, spare: Spare) -> None:
+        self._failed(spare, await spare.handle.wait_dead())
+
+    def _failed(self, spare: Spare, exc: BaseException) -> None:
+        if not spare.taken and not spare.done.is_set():
+            self._on_failure("health", exc)
+            if spare in self._ready:  # no longer offered, from now on
+                self._ready.remove(spare)
+            spare.done.set()
+
     async def run(self) -> None:
         """Keep the spares (a task of the service, until it is cancelled)."""
         async with anyio.create_task_group() as tg:
@@ -127,22 +137,24 @@ class SparePool:
             await self._hold(Spare(handle, relay))
 
     async def _hold(self, spare: Spare) -> None:
-        """Offer ``spare`` until it is taken; stop it when it fails a health check
-        or the pool is cancelled."""
+        """Offer ``spare`` until it is taken; stop it when it dies (as soon as the
+        backend reports it: a dead spare must never be promoted) or fails a health
+        check, or the pool is cancelled."""
         self._ready.append(spare)
         try:
-            while not spare.done.is_set():
-                with anyio.move_on_after(self._poll):
-                    await spare.done.wait()
-                if spare.done.is_set():
-                    break
-                try:
-                    with anyio.fail_after(self._timeout):
-                        await spare.handle.ping()
-                except Exception as exc:  # dead (ReplicaGone), hung (TimeoutError), ...
-                    if not spare.taken:
-                        self._on_failure("health", exc)
-                        spare.done.set()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_death, spare)
+                while not spare.done.is_set():
+                    with anyio.move_on_after(self._poll):
+                        await spare.done.wait()
+                    if spare.done.is_set():
+                        break
+                    try:
+                        with anyio.fail_after(self._timeout):
+                            await spare.handle.ping()
+                    except Exception as exc:  # dead (ReplicaGone), hung (TimeoutError), ...
+                        self._failed(spare, exc)
+                tg.cancel_scope.cancel()  # taken or failed: the watch ends
         finally:
             if not spare.taken:
                 if spare in self._ready:

@@ -54,6 +54,11 @@ class ChildSpec:
     stopping: Callable[[], bool] = attrs.field(default=lambda: False)
     #: Warm spares to promote instead of spawning (``spare_replicas``), if any.
     spares: SparePool | None = None
+    #: The backend's seed (FakeMesh's), if any: each replica then draws its backoff
+    #: jitter from a generator of its own, seeded with it and its index, so that
+    #: replicas dying together get the same delays whichever runs first (trio
+    #: shuffles the order of runnable tasks).
+    seed: object = None
 
 
 class ReplicaStopped(Exception):
@@ -89,6 +94,7 @@ def _take_spare(child: ChildSpec) -> Spare | None:
 
 async def _incarnations(child: ChildSpec, replica: Replica, reaper: anyio.abc.TaskGroup) -> None:
     config = child.config
+    rng = child.rng if child.seed is None else random.Random(f"{child.seed}/{replica.idx}")
     svc = child.events  # the service, as the logs name it
     restarts_at: deque[float] = deque()
     first = True
@@ -165,7 +171,7 @@ async def _incarnations(child: ChildSpec, replica: Replica, reaper: anyio.abc.Ta
                 # (The exponent is capped: 2**n of a large budget overflows a float.)
                 exponent = min(len(restarts_at), 64)
                 delay = min(config.restart_backoff * 2.0**exponent, MAX_BACKOFF)
-                delay *= child.rng.uniform(0.5, 1.0)
+                delay *= rng.uniform(0.5, 1.0)
                 _events.replica_restarting(
                     svc, replica.idx, n + 1, len(restarts_at) + 1, config.max_restarts, delay
                 )

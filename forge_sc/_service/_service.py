@@ -150,6 +150,7 @@ class Service(Requests, Fanout, Lifecycle, metaclass=NoPublicConstructor):
             events=self,
             config=config,
             rng=self._rng,
+            seed=getattr(mesh, "seed", None),
             starting=lambda: self._starting,
             stopping=lambda: self._closing,
             spares=self._spares,

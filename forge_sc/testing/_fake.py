@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import itertools
 import math
 import threading
 import traceback
@@ -281,6 +282,7 @@ class FakeReplica:
 
     def __init__(self, mesh: FakeMesh, spec: SpawnSpec, ranks: list[Any], table: _Table) -> None:
         self._mesh = mesh
+        self._born = next(mesh._births)
         self._idx = spec.idx
         self._ranks = ranks
         self._first_only = spec.return_first_rank_result
@@ -436,6 +438,22 @@ class FakeReplica:
                 self._scopes.discard(scope)
         return await self._after_interrupt()
 
+    async def _run_ranks(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Any]:
+        """Every rank runs the call at the same time, as a replica's processes do (a
+        collective waits for all of them); each runs it to its end, and the first
+        rank's error, in rank order, is the call's."""
+        outcomes: list[Any] = [None] * len(self._ranks)
+
+        async def one(i: int, rank: Any) -> None:
+            outcomes[i] = await outcome.acapture(self._run, fn, rank, args, kwargs)
+
+        async with anyio.create_task_group() as tg:
+            for i, rank in enumerate(self._ranks):
+                tg.start_soon(one, i, rank)
+        return [o.unwrap() for o in outcomes]
+
     async def _killed(self, endpoint: str, exc: BaseException) -> NoReturn:
         """The endpoint let out ``exc``, which ends the actor (as on Monarch): this
         incarnation dies as a dead process would, and this call, unlike the others
@@ -499,7 +517,10 @@ class FakeReplica:
                 return await self._after_interrupt()
         fn = self._fns[endpoint]
         try:
-            values = [await self._run(fn, rank, args, kwargs) for rank in self._ranks]
+            if self._multi:
+                values = await self._run_ranks(fn, args, kwargs)
+            else:
+                values = [await self._run(fn, self._ranks[0], args, kwargs)]
         except Exception:
             if self._life is not _Life.ALIVE:  # died meanwhile: no answer, not this error
                 return await self._after_interrupt()
@@ -598,9 +619,13 @@ def _seconds(what: str, value: object) -> float:
     """``value`` as a finite number of seconds >= 0, or a clear error."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} takes seconds (a number), got {value!r}")
-    if not math.isfinite(value) or value < 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{what} needs finite seconds >= 0, got {value!r}")
-    return float(value)
+    return seconds
 
 
 class FakeMesh:
@@ -632,6 +657,7 @@ class FakeMesh:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._thread: int | None = None
         self._spares: set[FakeReplica] = set()  # warm spares not yet promoted
+        self._births = itertools.count()  # FakeReplica._born: the order of spawns
 
     @property
     def spawn_delay(self) -> float:
@@ -720,16 +746,27 @@ class FakeMesh:
             return fn()
 
     def _live(self, idx: int) -> FakeReplica:
+        """Replica ``idx``'s latest incarnation; for ``-1``, the oldest waiting warm
+        spare (spares are spawned as index -1 until promoted)."""
         check_replica_index(idx)
+        if idx == -1:
+            waiting = [r for r in self._spares if r._life is _Life.ALIVE]
+            if not waiting:
+                raise KeyError("no warm spare is waiting on this FakeMesh (index -1)")
+            return min(waiting, key=lambda r: r._born)
         replica = self._current.get(idx)
         if replica is None:
-            raise KeyError(f"replica {idx} has never been spawned on this FakeMesh")
+            raise KeyError(
+                f"replica {idx} has no incarnation on this FakeMesh yet (never "
+                "spawned, or its first spawn has not finished)"
+            )
         return replica
 
     def crash(self, idx: int) -> None:
         """The current incarnation of replica ``idx`` dies: in-flight and later calls
         fail as on a dead process, pings fail, and the death is reported at once.
-        Callable from any thread."""
+        ``-1``: the oldest waiting warm spare dies. An incarnation dead already
+        (the replica is recovering) is left as it is. Callable from any thread."""
         replica = self._live(idx)
 
         def crash() -> None:
@@ -740,7 +777,8 @@ class FakeMesh:
 
     def hang(self, idx: int) -> None:
         """The current incarnation stops answering: calls and pings never return
-        (until the service gives up on it and stops it). Callable from any thread."""
+        (until the service gives up on it and stops it). ``-1``: the oldest waiting
+        warm spare. Callable from any thread."""
         replica = self._live(idx)
 
         def hang() -> None:
@@ -785,5 +823,8 @@ class FakeMesh:
         return self._spawns.get(idx, 0)
 
     def actor(self, idx: int) -> Any:
-        """The live in-process actor instance of replica ``idx`` (rank 0)."""
+        """The in-process actor instance (rank 0) of replica ``idx``'s latest
+        incarnation: the live one while the replica runs, the dead one's after a
+        crash until its replacement has started (to inspect its state). ``-1``: the
+        oldest waiting warm spare's."""
         return self._live(idx)._ranks[0]
