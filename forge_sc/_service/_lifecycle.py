@@ -276,6 +276,9 @@ class Lifecycle(Admission):
             if self._spares is not None:
                 tg.start_soon(self._spares.run)
             self._start_helpers(tg)
+            # Not shielded if the start-up is cancelled already (no checkpoint above
+            # may have seen it): this task ends by that cancellation instead.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             task_status.started()
             scope.shield = True
             await anyio.sleep_forever()

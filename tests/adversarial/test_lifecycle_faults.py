@@ -413,3 +413,21 @@ def _on_event(kind: str, call: Callable[[], object]) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+@pytest.mark.parametrize("hosted", [False, True])
+async def test_a_start_up_cancelled_before_it_began_ends_at_once(hosted: bool) -> None:
+    """The scope is cancelled before the service's task reaches a checkpoint: it
+    must end by that cancellation, not shield itself and wait forever."""
+    before = running_tasks()
+    entered = False
+    with anyio.fail_after(30):
+        with anyio.move_on_after(0) as scope:
+            if hosted:
+                await Hostile.as_service(mesh=FakeMesh(seed=1))
+                entered = True
+            else:
+                async with open_service(Hostile, mesh=FakeMesh(seed=1)):
+                    entered = True
+    assert scope.cancelled_caught and not entered
+    await wait_for(lambda: running_tasks() == before, 2.0, "tasks left running")
