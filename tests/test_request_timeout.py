@@ -5,6 +5,8 @@ under asyncio, real time with margins that a loaded machine keeps."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 import sniffio
@@ -30,6 +32,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> object:
     return ("trio", {"clock": MockClock(autojump_threshold=0)})
 
 
+def _one_slot(mesh: FakeMesh) -> Any:
+    """One replica with one slot, bounded by ``request_timeout=TIMEOUT``."""
+    return open_service(
+        Gated, num_replicas=1, mesh=mesh, replica_max_concurrent_requests=1,
+        request_timeout=TIMEOUT, health_poll_rate=0.05, restart_backoff=0.01,
+    )  # fmt: skip
+
+
 def virtual() -> bool:
     return sniffio.current_async_library() == "trio"
 
@@ -40,10 +50,7 @@ async def test_request_timeout_counts_the_wait_before_a_resend() -> None:
     ``request_timeout``, i.e. ``TIMEOUT - QUEUED`` after the death, not a whole
     ``request_timeout`` after it."""
     mesh = FakeMesh(seed=1)
-    async with open_service(
-        Gated, num_replicas=1, mesh=mesh, replica_max_concurrent_requests=1,
-        request_timeout=TIMEOUT, health_poll_rate=0.05, restart_backoff=0.01,
-    ) as svc:  # fmt: skip
+    async with _one_slot(mesh) as svc:
         actor = mesh.actor(0)
         outcome: list[BaseException] = []
         died_at: list[float] = []
@@ -121,10 +128,7 @@ async def test_a_session_request_keeps_its_queue_wait_when_its_replica_dies() ->
     replica dies and does not come back: the wait for recovery gets only what is
     left of ``request_timeout``, not a new one."""
     mesh = FakeMesh(seed=1)
-    async with open_service(
-        Gated, num_replicas=1, mesh=mesh, replica_max_concurrent_requests=1,
-        request_timeout=TIMEOUT, health_poll_rate=0.05, restart_backoff=0.01,
-    ) as svc:  # fmt: skip
+    async with _one_slot(mesh) as svc:
         actor = mesh.actor(0)
         sid = await svc.start_session()
         outcome: list[BaseException] = []
