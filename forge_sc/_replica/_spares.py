@@ -90,22 +90,23 @@ class SparePool:
 
     @property
     def ready(self) -> int:
-        """Spares started and waiting now."""
-        return len(self._ready)
+        """Spares started and waiting now (not known dead)."""
+        return sum(1 for spare in self._ready if _usable(spare))
 
     def take(self) -> Spare | None:
-        """A ready spare, now owned by the caller, or None."""
+        """A ready spare, now owned by the caller, or None. One whose death the
+        backend has reported is never handed out (promoted, it would die at once
+        and cost the replica a second restart): its keeper replaces it."""
         while self._ready:
             spare = self._ready.popleft()
-            if spare.done.is_set():  # died a moment ago; its keeper replaces it
+            if not _usable(spare):
+                if not spare.done.is_set():
+                    self._failed(spare, spare.handle.death or RuntimeError("dead spare"))  # type: ignore[attr-defined]
                 continue
             spare.taken = True
             spare.done.set()
             return spare
         return None
-
-    async def _watch_death(self, spare: Spare) -> None:
-        self._failed(spare, await spare.handle.wait_dead())
 
     def _failed(self, spare: Spare, exc: BaseException) -> None:
         if not spare.taken and not spare.done.is_set():
@@ -137,27 +138,32 @@ class SparePool:
             await self._hold(Spare(handle, relay))
 
     async def _hold(self, spare: Spare) -> None:
-        """Offer ``spare`` until it is taken; stop it when it dies (as soon as the
-        backend reports it: a dead spare must never be promoted) or fails a health
-        check, or the pool is cancelled."""
+        """Offer ``spare`` until it is taken; stop it when it fails a health check
+        or the pool is cancelled. (A death the backend reported already keeps it
+        from being taken: see ``take``. Its keeper does not wait for deaths itself:
+        a backend may watch a replica's processes for one waiter at a time, and
+        that is the supervisor's once the spare is promoted.)"""
         self._ready.append(spare)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_death, spare)
-                while not spare.done.is_set():
-                    with anyio.move_on_after(self._poll):
-                        await spare.done.wait()
-                    if spare.done.is_set():
-                        break
-                    try:
-                        with anyio.fail_after(self._timeout):
-                            await spare.handle.ping()
-                    except Exception as exc:  # dead (ReplicaGone), hung (TimeoutError), ...
-                        self._failed(spare, exc)
-                tg.cancel_scope.cancel()  # taken or failed: the watch ends
+            while not spare.done.is_set():
+                with anyio.move_on_after(self._poll):
+                    await spare.done.wait()
+                if spare.done.is_set():
+                    break
+                try:
+                    with anyio.fail_after(self._timeout):
+                        await spare.handle.ping()
+                except Exception as exc:  # dead (ReplicaGone), hung (TimeoutError), ...
+                    self._failed(spare, exc)
         finally:
             if not spare.taken:
                 if spare in self._ready:
                     self._ready.remove(spare)
                 with anyio.CancelScope(shield=True):
                     await spare.handle.stop()
+
+
+def _usable(spare: Spare) -> bool:
+    """Not taken, not failed, and not dead as far as the backend knows (``death``
+    is optional in the mesh protocol)."""
+    return not spare.done.is_set() and getattr(spare.handle, "death", None) is None
