@@ -357,3 +357,36 @@ async def test_a_spare_that_died_while_waiting_is_never_promoted() -> None:
         assert mesh.actor(0) is not spare
         assert svc.statistics().restarts == 1
         assert await svc.me.route() == id(mesh.actor(0))
+
+
+async def test_crash_of_a_spare_from_another_thread_never_hits_a_promoted_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``crash(-1)`` from a worker thread (as with ``as_service``) is resolved on the
+    service's loop: a spare promoted while the call crossed over is not the one hit
+    (it serves replica 0 by then), a spare still waiting is."""
+    import time
+
+    import anyio.from_thread
+
+    mesh = FakeMesh(seed=1, spawn_delay=0.05)
+    hop = anyio.from_thread.run_sync
+    armed = [False]
+
+    def slow_hop(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if armed[0]:  # while crash(-1) crosses over: replica 0 dies, a spare steps in
+            armed[0] = False
+            mesh.crash(0)
+            time.sleep(1.0)
+        return hop(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.from_thread, "run_sync", slow_hop)
+    async with open_service(
+        Who, num_replicas=1, spare_replicas=1, mesh=mesh, health_poll_rate=30.0,
+        health_timeout=30.0,
+    ) as svc:  # fmt: skip
+        await _ready(svc)
+        armed[0] = True
+        await anyio.to_thread.run_sync(mesh.crash, -1)
+        assert svc.replicas[0].healthy
+        assert svc.replicas[0].restarts == 1  # the crash(0) only

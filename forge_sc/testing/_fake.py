@@ -767,9 +767,12 @@ class FakeMesh:
         fail as on a dead process, pings fail, and the death is reported at once.
         ``-1``: the oldest waiting warm spare dies. An incarnation dead already
         (the replica is recovering) is left as it is. Callable from any thread."""
-        replica = self._live(idx)
+        check_replica_index(idx)
 
         def crash() -> None:
+            # Resolved on the loop: called from another thread, a spare (-1) chosen
+            # there could be promoted meanwhile, and a replica in rotation hit.
+            replica = self._live(idx)
             if replica._life is _Life.ALIVE or replica._life is _Life.HUNG:
                 replica._end(_Life.CRASHED)
 
@@ -779,9 +782,10 @@ class FakeMesh:
         """The current incarnation stops answering: calls and pings never return
         (until the service gives up on it and stops it). ``-1``: the oldest waiting
         warm spare. Callable from any thread."""
-        replica = self._live(idx)
+        check_replica_index(idx)
 
         def hang() -> None:
+            replica = self._live(idx)  # on the loop (see crash)
             if replica._life is _Life.ALIVE:
                 replica._end(_Life.HUNG)
 
