@@ -135,9 +135,10 @@ def _check_decorated(fn: Any, deco: str) -> None:
             f"the replica's actor, with self). Drop @{kind}, or have a plain method "
             f"endpoint call the {kind}."
         )
-    if endpoint_method(fn) is not None:
+    method = endpoint_method(fn)
+    if method is not None:
         raise TypeError(
-            f"@{deco} on {getattr(endpoint_method(fn), '__name__', fn)!r}, which is an "
+            f"@{deco} on {getattr(method, '__name__', fn)!r}, which is an "
             "endpoint already: use one decorator (@service_endpoint(...) alone when the "
             "endpoint has options)."
         )

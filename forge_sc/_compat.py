@@ -231,17 +231,18 @@ async def start_hosted_service(
     and return its handle once every replica is healthy. Errors (bad configuration,
     ``ServiceFailedError``) are raised here and leave nothing running."""
     host = _ServiceHost()
-    outcome: list[Any] = []  # the Service, or start()'s exception
+    started: list[outcome.Outcome[Service]] = []
     finished = anyio.Event()
 
     async def run_start() -> None:
         # Shielded: the thread is joined, never left behind; a cancelled caller
         # ends the start-up through host.cancel_start() instead.
         with anyio.CancelScope(shield=True):
-            try:
-                outcome.append(await anyio.to_thread.run_sync(host.start, configured, args, kwargs))
-            except BaseException as exc:
-                outcome.append(exc)
+            started.append(
+                await outcome.acapture(
+                    anyio.to_thread.run_sync, host.start, configured, args, kwargs
+                )
+            )
         finished.set()
 
     try:
@@ -253,14 +254,11 @@ async def start_hosted_service(
                 host.cancel_start()
                 raise
     except BaseException:
-        if outcome and not isinstance(outcome[0], BaseException):  # started meanwhile
+        if started and isinstance(started[0], outcome.Value):  # started meanwhile
             with anyio.CancelScope(shield=True):
-                await HostedService(host, outcome[0]).shutdown()
+                await HostedService(host, started[0].value).shutdown()
         raise
-    (result,) = outcome
-    if isinstance(result, BaseException):
-        raise result
-    return HostedService(host, result)
+    return HostedService(host, started[0].unwrap())
 
 
 class _ServiceHost:
@@ -337,7 +335,9 @@ class _ServiceHost:
             if self._loop is not None and getattr(t, "loop", None) is self._loop:
                 t.join(timeout=10.0)
 
-    def submit(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> ConcurrentFuture[_Boxed]:
+    def submit(
+        self, fn: Callable[[], Coroutine[Any, Any, T]]
+    ) -> ConcurrentFuture[outcome.Outcome[T]]:
         portal = self.portal
         if portal is None or self._closed:
             raise ServiceClosedError("the service was shut down; start a new one")
@@ -365,19 +365,19 @@ class _ServiceHost:
 #: (in the host's own, it could not be joined).
 _live_hosts: set[_ServiceHost] = set()
 
-_Boxed = tuple[bool, Any]
 
-
-async def _boxed(fn: Callable[[], Coroutine[Any, Any, T]]) -> _Boxed:
+async def _boxed(fn: Callable[[], Coroutine[Any, Any, T]]) -> outcome.Outcome[T]:
     """Run ``fn`` in the host's portal, its outcome boxed: a BaseException that is
     not a cancellation (a router's KeyboardInterrupt) would otherwise end the
-    portal's task group, the service, and every other caller's call with it."""
+    portal's task group, the service, and every other caller's call with it. A
+    cancellation is let out (``outcome.acapture`` would box it too): it cancels
+    the portal's task, which the caller's side waits on."""
     try:
-        return True, await fn()
+        return outcome.Value(await fn())
     except anyio.get_cancelled_exc_class():
         raise
     except BaseException as exc:
-        return False, exc
+        return outcome.Error(exc)
 
 
 def _close_forgotten_hosts() -> None:
@@ -511,10 +511,7 @@ class HostedService:
     async def _run(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         if threading.get_ident() == self._host.thread:  # from an endpoint of its own
             return await fn()
-        ok, value = await _await_future(self._host.submit(fn))
-        if not ok:
-            raise value
-        return value  # type: ignore[no-any-return]
+        return (await _await_future(self._host.submit(fn))).unwrap()
 
     def __del__(self) -> None:
         if not self._host._closed:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import itertools
 import math
 import threading
 import traceback
@@ -282,7 +281,6 @@ class FakeReplica:
 
     def __init__(self, mesh: FakeMesh, spec: SpawnSpec, ranks: list[Any], table: _Table) -> None:
         self._mesh = mesh
-        self._born = next(mesh._births)
         self._idx = spec.idx
         self._ranks = ranks
         self._first_only = spec.return_first_rank_result
@@ -558,7 +556,7 @@ class FakeReplica:
 
     def promote(self, idx: int) -> None:
         """This warm spare now serves replica ``idx``: faults by index reach it."""
-        self._mesh._spares.discard(self)
+        self._mesh._spares.pop(self, None)
         self._idx = idx
         self._mesh._current[idx] = self
         self.refresh()
@@ -656,8 +654,8 @@ class FakeMesh:
         # injected from another thread run there.
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._thread: int | None = None
-        self._spares: set[FakeReplica] = set()  # warm spares not yet promoted
-        self._births = itertools.count()  # FakeReplica._born: the order of spawns
+        # Warm spares not yet promoted, oldest first (a dict: ordered, as a set is not).
+        self._spares: dict[FakeReplica, None] = {}
 
     @property
     def spawn_delay(self) -> float:
@@ -727,7 +725,7 @@ class FakeMesh:
                     await result
         replica = FakeReplica(self, spec, ranks, table)
         if spec.spare:  # filed under an index once promoted (FakeReplica.promote)
-            self._spares.add(replica)
+            self._spares[replica] = None
         else:
             self._current[idx] = replica
         return replica
@@ -750,10 +748,10 @@ class FakeMesh:
         spare (spares are spawned as index -1 until promoted)."""
         check_replica_index(idx)
         if idx == -1:
-            waiting = [r for r in self._spares if r._life is _Life.ALIVE]
-            if not waiting:
-                raise KeyError("no warm spare is waiting on this FakeMesh (index -1)")
-            return min(waiting, key=lambda r: r._born)
+            for spare in self._spares:
+                if spare._life is _Life.ALIVE:
+                    return spare
+            raise KeyError("no warm spare is waiting on this FakeMesh (index -1)")
         replica = self._current.get(idx)
         if replica is None:
             raise KeyError(
