@@ -100,8 +100,8 @@ class SparePool:
         while self._ready:
             spare = self._ready.popleft()
             if not _usable(spare):
-                if not spare.done.is_set():
-                    self._failed(spare, spare.handle.death or RuntimeError("dead spare"))  # type: ignore[attr-defined]
+                if not spare.done.is_set():  # then dead: its death is known
+                    self._failed(spare, spare.handle.death)  # type: ignore[attr-defined]
                 continue
             spare.taken = True
             spare.done.set()
